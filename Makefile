@@ -1,0 +1,48 @@
+# Two commands for a fresh machine: `make repro` and `make test` (see README.md).
+# Every target is idempotent: the environment is rebuilt only when pyproject.toml changes.
+
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# apt-get needs root; use sudo only where we are not root already.
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export DVC_NO_ANALYTICS := 1
+export PATH := $(BIN):$(PATH)
+
+.PHONY: env postgres repro test test-all lint clean-env
+
+env: $(STAMP)
+
+# torch and torchvision are installed first and pinned together: a loose torch requirement
+# resolved by another package pulls a multi-GB build that does not pair with torchvision here.
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# Debian's PostgreSQL server binaries (initdb, pg_ctl, postgres); the tests start their own cluster.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1; then \
+		echo "postgresql: present"; \
+	else \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; \
+	fi
+
+repro: env
+	dvc repro
+
+test: env postgres
+	pytest
+
+# The slow checks as well (MIMIC-size runs); not part of CI's time budget.
+test-all: env postgres
+	pytest -m "slow or not slow"
+
+lint: env
+	ruff check src tests
+	ruff format --check src tests
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,45 @@
+"""The ``ehrcxr`` command: one subcommand per pipeline step (see ``ehrcxr --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ehrcxr import __version__
+from ehrcxr.errors import EhrcxrError
+
+# subcommand → (stage module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synthesize": (
+        "ehrcxr.stages.synthesize",
+        "write the synthetic MIMIC-IV + MIMIC-CXR-JPG source",
+    ),
+    "load-db": ("ehrcxr.stages.load_db", "copy a synthetic source into PostgreSQL"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ehrcxr", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ehrcxr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        stage = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=stage.__doc__)
+        stage.add_arguments(p)
+        p.set_defaults(_stage=stage)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args._stage.run(args)
+    except EhrcxrError as exc:
+        print(f"ehrcxr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Everything before the tensor: database access, the synthetic source, cohort, features, images."""

@@ -1,0 +1,52 @@
+"""Shared fixtures: a small synthetic source and a real PostgreSQL server holding a copy of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ehrcxr.data.database import sqlite_url
+from ehrcxr.data.pg_cluster import TemporaryPostgres
+from ehrcxr.data.synthetic import synthesize
+
+SMALL_PATIENTS = 200
+SMALL_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def small_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ehrcxr synthesize --n-patients 200 --seed 0``, shared by the whole session (read only)."""
+    out = tmp_path_factory.mktemp("source") / "synthetic"
+    synthesize(out, n_patients=SMALL_PATIENTS, seed=SMALL_SEED)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_sqlite_url(small_source: Path) -> str:
+    return sqlite_url(small_source / "mimiciv" / "mimiciv.sqlite")
+
+
+@pytest.fixture(scope="session")
+def ground_truth(small_source: Path) -> pd.DataFrame:
+    """The generator's per-stay answers as a frame (one row per ICU stay)."""
+    truth = json.loads((small_source / "ground_truth.json").read_text())
+    return pd.DataFrame(truth["stays"]["rows"], columns=truth["stays"]["columns"])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A real PostgreSQL server on 127.0.0.1; never skipped (make test installs PostgreSQL)."""
+    with TemporaryPostgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def small_postgres_url(postgres_url: str, small_source: Path) -> str:
+    """The small synthetic source loaded into the session's PostgreSQL."""
+    from ehrcxr.data.load_database import load_into_postgres
+
+    load_into_postgres(small_source, postgres_url, replace=True)
+    return postgres_url

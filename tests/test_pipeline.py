@@ -1,0 +1,97 @@
+"""The DVC pipeline, run for real in a scratch copy of the repository."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture()
+def scratch_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A git repository holding the project's tracked files, with a small synthesize section."""
+    if not (REPO / ".git").exists():
+        pytest.fail("the pipeline test needs the project's git checkout")
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    repo = tmp_path / "repo"
+    for name in files:
+        if (REPO / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["synthesize"]["n_patients"] = 120
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    _run(["git", "init", "-q"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "scratch"], repo, env)
+    _run(
+        ["dvc", "remote", "modify", "--local", "local", "url", str(tmp_path / "remote")], repo, env
+    )
+    return repo, env
+
+
+def test_dvc_repro_push_and_pull_the_synthetic_source(
+    scratch_repo: tuple[Path, dict[str, str]],
+) -> None:
+    repo, env = scratch_repo
+    _run(["dvc", "repro"], repo, env)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["synthesize"]["params"]["params.yaml"]["synthesize"]["n_patients"] == 120
+    source = repo / "data" / "synthetic"
+    assert (source / "mimiciv" / "mimiciv_icu.sqlite").is_file()
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo, env)
+    before = _tree_digest(source)
+
+    _run(["dvc", "push"], repo, env)
+    shutil.rmtree(source)
+    _run(["dvc", "pull"], repo, env)
+    assert _tree_digest(source) == before
+
+    # Changing the seed reruns the stage and changes the data; the analytics switch stays committed.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["synthesize"]["seed"] = 5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "synthesize" in _run(["dvc", "status"], repo, env)
+    _run(["dvc", "repro"], repo, env)
+    assert _tree_digest(source) != before
+    config = (repo / ".dvc" / "config").read_text()
+    assert "analytics = false" in config
