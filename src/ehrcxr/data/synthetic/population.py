@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from ehrcxr.data.demographics import race_group
 from ehrcxr.data.phenotypes import icd_to_ccs, phenotype_table
 
 HOUR = 3600
@@ -136,16 +137,6 @@ LOS_BIN_EDGES_DAYS = (3, 4, 5, 6, 7, 14)  # [2,3) … [7,14) [14,∞) → 0…6
 REAL_YEARS = (2008, 2019)
 CXR_REAL_YEARS = (2011, 2016)
 ICD10_FROM = np.datetime64("2015-10-01", "s").astype(np.int64)
-
-
-def race_group(race: pd.Series) -> pd.Series:
-    """Five groups by prefix (protocol): White, Black, Hispanic/Latino, Asian, Other."""
-    out = pd.Series("Other", index=race.index)
-    out[race.str.startswith("WHITE")] = "White"
-    out[race.str.startswith("BLACK")] = "Black"
-    out[race.str.startswith("HISPANIC") | (race == "SOUTH AMERICAN")] = "Hispanic/Latino"
-    out[race.str.startswith("ASIAN")] = "Asian"
-    return out
 
 
 @dataclasses.dataclass
