@@ -10,7 +10,7 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: env postgres repro test test-all lint clean-env
+.PHONY: env postgres repro test test-all lint clean-env bench-extract
 
 env: $(STAMP)
 
@@ -46,3 +46,7 @@ lint: env
 
 clean-env:
 	rm -rf $(VENV)
+
+# Extraction + featurization of a MIMIC-size synthetic source in PostgreSQL (README figures).
+bench-extract: env postgres
+	ehrcxr bench-extract --n-patients 50000 --seed 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -79,6 +80,12 @@ def test_dvc_repro_push_and_pull_the_synthetic_source(
     source = repo / "data" / "synthetic"
     assert (source / "mimiciv" / "mimiciv_icu.sqlite").is_file()
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo, env)
+    for stage in ("extract", "featurize", "cache_images"):
+        assert stage in lock["stages"]
+    assert (repo / "data" / "features" / "ehr.npy").is_file()
+    assert (repo / "data" / "images" / "images.npy").is_file()
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env))
+    assert "base_cohort" in json.dumps(shown)
     before = _tree_digest(source)
 
     _run(["dvc", "push"], repo, env)

@@ -16,6 +16,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "write the synthetic MIMIC-IV + MIMIC-CXR-JPG source",
     ),
     "load-db": ("ehrcxr.stages.load_db", "copy a synthetic source into PostgreSQL"),
+    "extract": ("ehrcxr.stages.extract", "cohort, labels, splits, images and hourly EHR features"),
+    "featurize": ("ehrcxr.stages.featurize", "hourly features to the EHR tensor [N, 48, F + M]"),
+    "cache-images": ("ehrcxr.stages.cache_images", "decode the matched films into one array"),
+    "bench-extract": ("ehrcxr.stages.bench_extract", "time extract + featurize on PostgreSQL"),
 }
 
 

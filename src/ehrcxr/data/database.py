@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import sqlite3
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -164,3 +165,39 @@ def table_names() -> list[tuple[str, str]]:
         schema, table = qualified.split(".")
         out.append((schema, table))
     return out
+
+
+def check_tables(engine: Engine, tables: list[str]) -> None:
+    """Fail with one line naming the first missing ``schema.table`` and how to build it."""
+    inspector = sa.inspect(engine)
+    for qualified in tables:
+        schema, table = qualified.split(".")
+        if not inspector.has_table(table, schema=schema):
+            if schema == "mimiciv_derived":
+                how = (
+                    "build the derived concepts with mimic-code: cd mimic-iv/concepts_postgres && "
+                    "psql -d <db> -f postgres-make-concepts.sql (tag v3.0.1)"
+                )
+            else:
+                how = "load MIMIC-IV v2.2 with mimic-code's mimic-iv/buildmimic/postgres scripts"
+            raise DatabaseError(f"missing table {qualified} in {describe(engine.url)}: {how}")
+
+
+def create_sqlite_source(db_dir: str | os.PathLike[str]) -> sqlite3.Connection:
+    """An empty embedded source in ``db_dir``: the main file, one file per schema, every table.
+
+    Returns a connection (schemas attached, journaling off for bulk loading); the caller closes it.
+    """
+    db_dir = Path(db_dir)
+    db_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_dir / "mimiciv.sqlite")
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    for schema in SCHEMAS:
+        conn.execute(f"ATTACH DATABASE ? AS {schema}", (str(db_dir / f"{schema}.sqlite"),))
+        conn.execute(f"PRAGMA {schema}.journal_mode=OFF")
+        conn.execute(f"PRAGMA {schema}.synchronous=OFF")
+    conn.execute("CREATE TABLE source_info (key TEXT PRIMARY KEY, value TEXT)")
+    for stmt in split_statements(read_sql_resource("mimiciv_tables.sql")):
+        conn.execute(stmt)
+    return conn

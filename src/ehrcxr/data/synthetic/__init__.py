@@ -28,12 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ehrcxr.data.database import (
-    SCHEMAS,
-    create_index_statements,
-    read_sql_resource,
-    split_statements,
-)
+from ehrcxr.data.database import create_index_statements, create_sqlite_source
 from ehrcxr.data.phenotypes import phenotype_columns
 from ehrcxr.data.synthetic import charting, imaging, population
 from ehrcxr.data.synthetic.population import NULL_TIME
@@ -173,14 +168,7 @@ def _write_database(
     n_patients: int,
     seed: int,
 ) -> dict[str, int]:
-    conn = sqlite3.connect(db_dir / "mimiciv.sqlite")
-    conn.execute("PRAGMA journal_mode=OFF")
-    conn.execute("PRAGMA synchronous=OFF")
-    for schema in SCHEMAS:
-        conn.execute(f"ATTACH DATABASE ? AS {schema}", (str(db_dir / f"{schema}.sqlite"),))
-        conn.execute(f"PRAGMA {schema}.journal_mode=OFF")
-        conn.execute(f"PRAGMA {schema}.synchronous=OFF")
-    conn.execute("CREATE TABLE source_info (key TEXT PRIMARY KEY, value TEXT)")
+    conn = create_sqlite_source(db_dir)
     conn.executemany(
         "INSERT INTO source_info VALUES (?, ?)",
         [
@@ -190,8 +178,6 @@ def _write_database(
             ("seed", str(seed)),
         ],
     )
-    for stmt in split_statements(read_sql_resource("mimiciv_tables.sql")):
-        conn.execute(stmt)
 
     p = pop.patients
     _insert(conn, "mimiciv_hosp", "patients", _frame_columns(p))

@@ -21,7 +21,7 @@ from ehrcxr.data.synthetic.population import CXR_REAL_YEARS, HOUR, _year_of
 
 # Planted per-stay image cases and their share among stays in the CXR era.
 IMAGE_CASES: dict[str, float] = {
-    "ap_in_window": 0.62,
+    "ap_in_window": 0.55,
     "lateral_only": 0.03,  # only LATERAL/LL views in the window: not a candidate
     "pa_only": 0.015,  # a PA film in the window: not a candidate (AP only)
     "after_48h_only": 0.04,  # AP films only after intime + 48 h: never used

@@ -1,0 +1,98 @@
+"""Hourly features → the model's EHR tensor (benchmark_protocol.md, "Time window and features").
+
+Steps, all statistics from the training split only:
+1. features missing in more than ``max_missing_fraction`` of training stay-hours are dropped
+   (rhythm indicators are never dropped: absent means 0);
+2. mask channel per kept non-indicator feature: 1 where a value was measured in that hour;
+3. forward fill within the stay (never backwards: no look-ahead), then the training median;
+   indicators are not filled: an hour without that rhythm charted is 0;
+4. (x − median) / IQR with training statistics (IQR 0 → 1); indicators are not scaled.
+
+Result: float32 [N, T, F + M] — F kept feature values, then M masks — with stays in cohort order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+
+@dataclasses.dataclass
+class FeatureSet:
+    tensor: np.ndarray  # float32 [N, T, F + M]
+    stay_ids: np.ndarray  # int64 [N]
+    value_names: list[str]  # F
+    mask_names: list[str]  # M
+    median: dict[str, float]
+    iqr: dict[str, float]
+    dropped: list[str]
+    missing_fraction: dict[str, float]  # per feature, over training stay-hours
+
+
+def dense(hourly: pd.DataFrame, stay_ids: np.ndarray, names: list[str], hours: int) -> np.ndarray:
+    """Long (stay_id, hour, features…) → float64 [N, T, F] in ``stay_ids`` order, NaN = missing."""
+    out = np.full((len(stay_ids), hours, len(names)), np.nan)
+    order = np.argsort(stay_ids)
+    pos = order[np.searchsorted(stay_ids[order], hourly["stay_id"].to_numpy())]
+    h = hourly["hour"].to_numpy().astype(int)
+    out[pos, h] = hourly[names].to_numpy(dtype=float)
+    return out
+
+
+def forward_fill(x: np.ndarray) -> np.ndarray:
+    """Carry the last observed value forward along axis 1 (time), per stay and feature."""
+    t = x.shape[1]
+    observed = ~np.isnan(x)
+    idx = np.where(observed, np.arange(t)[None, :, None], 0)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    filled = np.take_along_axis(x, idx, axis=1)
+    # Before the first observation idx points at hour 0, which may itself be missing: stays NaN.
+    return filled
+
+
+def build(
+    hourly: pd.DataFrame,
+    stay_ids: np.ndarray,
+    train: np.ndarray,
+    names: list[str],
+    indicators: list[str],
+    hours: int,
+    max_missing_fraction: float,
+) -> FeatureSet:
+    """The EHR tensor; ``train`` is a bool [N] marking training-split stays."""
+    raw = dense(hourly, stay_ids, names, hours)
+    missing = {n: float(np.isnan(raw[train, :, i]).mean()) for i, n in enumerate(names)}
+    dropped = [n for n in names if n not in indicators and missing[n] > max_missing_fraction]
+    kept = [n for n in names if n not in dropped]
+    raw = raw[:, :, [names.index(n) for n in kept]]
+    is_ind = np.array([n in indicators for n in kept])
+    masks = (~np.isnan(raw[:, :, ~is_ind])).astype(np.float32)
+    median, iqr = {}, {}
+    x = forward_fill(raw)
+    for i, n in enumerate(kept):
+        if is_ind[i]:
+            # An hour without rhythm charting is evidence of nothing: 0, not carried forward.
+            x[:, :, i] = np.nan_to_num(raw[:, :, i], nan=0.0)
+            continue
+        observed = raw[train, :, i]
+        observed = observed[~np.isnan(observed)]
+        med = float(np.median(observed)) if observed.size else 0.0
+        q1, q3 = np.percentile(observed, [25, 75]) if observed.size else (0.0, 0.0)
+        spread = float(q3 - q1) or 1.0
+        median[n], iqr[n] = med, spread
+        col = x[:, :, i]
+        col[np.isnan(col)] = med
+        x[:, :, i] = (col - med) / spread
+    tensor = np.concatenate([x, masks], axis=2).astype(np.float32)
+    return FeatureSet(
+        tensor=tensor,
+        stay_ids=stay_ids,
+        value_names=kept,
+        mask_names=[f"{n}_mask" for n in np.array(kept)[~is_ind]],
+        median=median,
+        iqr=iqr,
+        dropped=dropped,
+        missing_fraction=missing,
+    )

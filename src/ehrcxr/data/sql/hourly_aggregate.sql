@@ -1,0 +1,7 @@
+-- hourly_aggregate: one row per (stay, hour of the window) of <source>, columns aggregated with
+-- <aggregates>. <hour> is the dialect's floor((charttime - intime) / 1 h).
+SELECT c.stay_id, {hour} AS hour, {aggregates}
+FROM ehrcxr_cohort c
+JOIN {source} x ON x.{join_on} = c.{join_on}
+WHERE x.charttime >= c.intime AND x.charttime < c.window_end {filter}
+GROUP BY 1, 2

@@ -1,0 +1,5 @@
+-- window_intervals: the intervals of <source> that overlap each cohort stay's window.
+SELECT c.stay_id, x.starttime, x.endtime, x.{column} AS value
+FROM ehrcxr_cohort c
+JOIN {source} x ON x.{join_on} = c.{join_on}
+WHERE x.starttime < c.window_end AND x.endtime > c.intime AND x.{column} IS NOT NULL
