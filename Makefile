@@ -10,7 +10,7 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: env postgres repro test test-all lint clean-env bench-extract
+.PHONY: env postgres repro test test-all lint clean-env bench-extract gate
 
 env: $(STAMP)
 
@@ -35,6 +35,10 @@ repro: env
 
 test: env postgres
 	pytest
+
+# Rerun the CI subset of the grid and compare its metrics with the committed ones (params: gate).
+gate: env
+	WANDB_MODE=disabled ehrcxr gate --repro --against HEAD
 
 # The slow checks as well (MIMIC-size runs); not part of CI's time budget.
 test-all: env postgres

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -12,6 +12,9 @@ from ehrcxr.data.cohort import CohortRules, Splits
 from ehrcxr.data.cxr import ImageRules
 from ehrcxr.data.extraction import ExtractConfig
 from ehrcxr.errors import EhrcxrError
+
+if TYPE_CHECKING:
+    from ehrcxr.training import TrainConfig, WandbConfig
 
 SOURCES = ("synthetic", "database")
 
@@ -84,3 +87,26 @@ class CacheImagesParams:
 
 def cache_images_params(params: dict[str, Any]) -> CacheImagesParams:
     return _build(CacheImagesParams, _section(params, "cache_images"), "cache_images")
+
+
+def train_config(params: dict[str, Any]) -> TrainConfig:
+    from ehrcxr.training import TrainConfig
+
+    s = dict(_section(params, "train"))
+    s["seeds"] = tuple(int(x) for x in s.get("seeds", ()))
+    s["missing_splits"] = tuple(s.get("missing_splits", ()))
+    return _build(TrainConfig, s, "train")
+
+
+def wandb_config(params: dict[str, Any]) -> WandbConfig:
+    from ehrcxr.training import WandbConfig
+
+    return _build(WandbConfig, _section(params, "wandb"), "wandb")
+
+
+def model_params(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """The ``models.<name>`` section: the model constructor's keyword arguments."""
+    models = _section(params, "models")
+    if name not in models:
+        raise EhrcxrError(f"params.yaml has no models.{name} section")
+    return dict(models[name] or {})

@@ -1,0 +1,177 @@
+"""Files of the featurize and cache-images stages → batches (the contract in ehrcxr/batch.py).
+
+Everything is loaded into memory once (the default profile's arrays are a few MB; the paper
+profile's ≈ 30k × 48 × 49 floats and ≈ 7k × 224² bytes still fit); a batch is built by slicing
+tensors, so there is no per-item Python work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from ehrcxr.batch import Batch, InputSpec
+from ehrcxr.errors import EhrcxrError
+from ehrcxr.tasks import Task
+
+COHORTS = ("matched", "base")
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPaths:
+    extract: Path  # folder of `ehrcxr extract` (cohort.parquet)
+    features: Path  # folder of `ehrcxr featurize` (ehr.npy, stays.csv, features.json)
+    images: Path  # folder of `ehrcxr cache-images` (images.npy, index.csv)
+
+
+@dataclasses.dataclass
+class Arrays:
+    """Every stay of the chosen cohort, aligned by row."""
+
+    ehr: torch.Tensor  # float32 [N, T, F]
+    ehr_mask: torch.Tensor  # float32 [N, T, M]
+    cxr: torch.Tensor  # uint8 [K, H, W] distinct films
+    cxr_row: torch.Tensor  # int64 [N], row into cxr, -1 without a film
+    y: torch.Tensor  # float32 [N, C] or int64 [N]
+    stay_id: torch.Tensor  # int64 [N]
+    split: np.ndarray  # str [N]
+
+
+def load_arrays(paths: DataPaths, task: Task, cohort: str) -> tuple[Arrays, InputSpec]:
+    if cohort not in COHORTS:
+        raise EhrcxrError(f"cohort must be one of {COHORTS}, not {cohort!r}")
+    table = pd.read_parquet(paths.extract / "cohort.parquet")
+    stays = pd.read_csv(paths.features / "stays.csv")
+    meta = json.loads((paths.features / "features.json").read_text())
+    if not (stays["stay_id"].to_numpy() == table["stay_id"].to_numpy()).all():
+        raise EhrcxrError("features and cohort disagree on the stays: rerun featurize")
+    ehr = np.load(paths.features / "ehr.npy", mmap_mode="r")
+    n_values = len(meta["value_names"])
+    keep = table["matched"].to_numpy() if cohort == "matched" else np.ones(len(table), dtype=bool)
+    index = pd.read_csv(paths.images / "index.csv")
+    images = np.load(paths.images / "images.npy")
+    film_row = pd.Series(index["row"].to_numpy(), index=index["stay_id"].to_numpy())
+    sel = table[keep]
+    cxr_row = sel["stay_id"].map(film_row).fillna(-1).to_numpy(dtype=np.int64, copy=True)
+    if task.kind == "multiclass":
+        y = torch.as_tensor(sel[task.labels[0]].to_numpy().astype(np.int64))
+    else:
+        y = torch.as_tensor(sel[list(task.labels)].to_numpy().astype(np.float32))
+    values = np.asarray(ehr[keep])
+    arrays = Arrays(
+        ehr=torch.as_tensor(values[:, :, :n_values]),
+        ehr_mask=torch.as_tensor(values[:, :, n_values:]),
+        cxr=torch.as_tensor(images),
+        cxr_row=torch.as_tensor(cxr_row),
+        y=y,
+        stay_id=torch.as_tensor(sel["stay_id"].to_numpy().astype(np.int64)),
+        split=sel["split"].to_numpy().astype(str),
+    )
+    spec = InputSpec(
+        ehr_features=n_values,
+        ehr_masks=values.shape[2] - n_values,
+        time_steps=values.shape[1],
+        image_size=int(images.shape[1]) if images.ndim == 3 and len(images) else 0,
+    )
+    return arrays, spec
+
+
+def drop_images(arrays: Arrays, ratio: float, splits: tuple[str, ...], seed: int) -> torch.Tensor:
+    """Film rows after removing films from a seeded ``ratio`` of the stays with one, per split.
+
+    The robustness sweep's missing-CXR ratio: in each split named, ⌊ratio · n⌋ of the n stays
+    that have a film lose it (the same stays for every epoch and every model with this seed).
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise EhrcxrError(f"missing ratio must be within [0, 1], not {ratio}")
+    rows = arrays.cxr_row.clone()
+    rng = np.random.default_rng(seed)
+    for split in SPLITS:
+        if split not in splits:
+            continue
+        candidates = np.flatnonzero((arrays.split == split) & (rows.numpy() >= 0))
+        n_drop = int(np.floor(ratio * len(candidates)))
+        rows[rng.choice(candidates, size=n_drop, replace=False)] = -1
+    return rows
+
+
+class _Collate:
+    """Indices → Batch by tensor slicing."""
+
+    def __init__(self, arrays: Arrays, cxr_row: torch.Tensor) -> None:
+        self.a = arrays
+        self.cxr_row = cxr_row
+
+    def __call__(self, indices: list[int]) -> Batch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        rows = self.cxr_row[idx]
+        has = rows >= 0
+        if len(self.a.cxr):
+            films = self.a.cxr[rows.clamp(min=0)].float().div_(255.0).unsqueeze(1)
+            films[~has] = 0.0
+        else:
+            films = torch.zeros(len(idx), 1, 1, 1)
+        return Batch(
+            ehr=self.a.ehr[idx],
+            ehr_mask=self.a.ehr_mask[idx],
+            cxr=films,
+            has_cxr=has,
+            y=self.a.y[idx],
+            stay_id=self.a.stay_id[idx],
+        )
+
+
+class EhrCxrDataModule(L.LightningDataModule):
+    """Train/val/test loaders of one cohort and task, with the seeded missing-CXR ratio."""
+
+    def __init__(
+        self,
+        paths: DataPaths,
+        task: Task,
+        cohort: str,
+        batch_size: int,
+        missing_ratio: float,
+        missing_splits: tuple[str, ...],
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.paths, self.task, self.cohort = paths, task, cohort
+        self.batch_size, self.seed = batch_size, seed
+        self.missing_ratio, self.missing_splits = missing_ratio, missing_splits
+        self.arrays, self.inputs = load_arrays(paths, task, cohort)
+        self.cxr_row = drop_images(self.arrays, missing_ratio, missing_splits, seed)
+        self.collate = _Collate(self.arrays, self.cxr_row)
+
+    def indices(self, split: str) -> list[int]:
+        return np.flatnonzero(self.arrays.split == split).tolist()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        idx = self.indices(split)
+        if not idx:
+            raise EhrcxrError(f"the {self.cohort} cohort has no {split} stays")
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            idx,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            generator=generator,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def predict_loader(self, split: str) -> DataLoader:
+        return self._loader(split, shuffle=False)

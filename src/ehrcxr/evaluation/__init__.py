@@ -1,0 +1,1 @@
+"""Pure functions over prediction files: metrics, fairness, statistics (no models, no torch)."""

@@ -1,0 +1,87 @@
+"""``ehrcxr train``: train one model on one task and cohort (every seed), write predictions.
+
+Writes:
+
+- ``--predictions`` (parquet, DVC-tracked, never leaves the machine): one row per (seed, stay) of
+  the val and test splits: ``stay_id, split, seed``, ``prob_<output>`` (probabilities: one per
+  phenotype, ``prob_mortality``, or ``prob_0 … prob_6`` for LoS) and ``label_<label>``;
+- ``--out``: the best validation checkpoint per seed (``seed<S>.ckpt``);
+- ``--curves`` (CSV, a DVC plot): ``seed, epoch, train_loss, val_loss, val_selection``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ehrcxr import params as params_mod
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="registered model name (params: models.<name>)"
+    )
+    parser.add_argument("--task", required=True, help="mortality | phenotype | los")
+    parser.add_argument("--cohort", required=True, help="matched | base")
+    parser.add_argument("--extract", default="data/extract", help="folder of `ehrcxr extract`")
+    parser.add_argument("--features", default="data/features", help="folder of `ehrcxr featurize`")
+    parser.add_argument("--images", default="data/images", help="folder of `ehrcxr cache-images`")
+    parser.add_argument("--out", required=True, help="checkpoint folder")
+    parser.add_argument("--predictions", required=True, help="predictions file (parquet)")
+    parser.add_argument("--curves", required=True, help="learning curves (CSV)")
+    parser.add_argument("--params", default="params.yaml", help="params file")
+    parser.add_argument(
+        "--fast-dev-run",
+        action="store_true",
+        help="one training and one validation batch (smoke test)",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ehrcxr.data.datamodule import DataPaths
+    from ehrcxr.io import atomic_path
+    from ehrcxr.tasks import get_task
+    from ehrcxr.training import train_one
+
+    params = params_mod.load(args.params)
+    cfg = params_mod.train_config(params)
+    wandb_cfg = params_mod.wandb_config(params)
+    model_params = params_mod.model_params(params, args.model)
+    task = get_task(args.task)
+    paths = DataPaths(Path(args.extract), Path(args.features), Path(args.images))
+    start = time.perf_counter()
+    # Not atomic: under DDP every process writes here (rank 0 saves the checkpoints).
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [
+        train_one(
+            args.model,
+            model_params,
+            task,
+            args.cohort,
+            seed,
+            paths,
+            cfg,
+            wandb_cfg,
+            out,
+            fast_dev_run=args.fast_dev_run,
+        )
+        for seed in cfg.seeds
+    ]
+    if any(r is None for r in runs):
+        return  # a non-zero DDP rank: rank 0 writes the outputs
+    predictions = pd.concat([r[0] for r in runs], ignore_index=True)
+    curves = pd.concat([r[1] for r in runs], ignore_index=True)
+    with atomic_path(args.predictions) as tmp:
+        predictions.to_parquet(tmp, index=False)
+    with atomic_path(args.curves) as tmp:
+        curves[["seed", "epoch", "train_loss", "val_loss", "val_selection"]].to_csv(
+            tmp, index=False
+        )
+    seconds = round(time.perf_counter() - start, 1)
+    print(json.dumps({"run": f"{args.model}-{args.task}-{args.cohort}", "seconds": seconds}))

@@ -1,0 +1,95 @@
+"""Every registered model: forward/backward on a batch, with and without films, every task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ehrcxr.batch import Batch, InputSpec
+from ehrcxr.models import create_model, list_models
+from ehrcxr.tasks import TASKS, get_task
+from ehrcxr.training import probabilities, task_loss
+
+INPUTS = InputSpec(ehr_features=20, ehr_masks=15, time_steps=48, image_size=32)
+PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["models"]
+
+
+def _batch(task_name: str, b: int = 6, films: bool = True, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    task = get_task(task_name)
+    has = torch.tensor([films and i % 3 != 0 for i in range(b)])
+    cxr = (
+        torch.rand(b, 1, INPUTS.image_size, INPUTS.image_size, generator=g)
+        * has[:, None, None, None]
+    )
+    if task.kind == "multiclass":
+        y = torch.randint(0, task.n_outputs, (b,), generator=g)
+    else:
+        y = torch.randint(0, 2, (b, task.n_outputs), generator=g).float()
+    return Batch(
+        ehr=torch.randn(b, INPUTS.time_steps, INPUTS.ehr_features, generator=g),
+        ehr_mask=torch.randint(0, 2, (b, INPUTS.time_steps, INPUTS.ehr_masks), generator=g).float(),
+        cxr=cxr,
+        has_cxr=has,
+        y=y,
+        stay_id=torch.arange(b),
+    )
+
+
+def test_the_five_baselines_are_registered() -> None:
+    assert {"lstm", "transformer", "resnet", "late_fusion", "medfuse"} <= set(list_models())
+    assert set(list_models()) <= set(PARAMS)  # every registered model has a params section
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("task_name", TASKS)
+@pytest.mark.parametrize("films", [True, False], ids=["films", "no-films"])
+def test_forward_backward_gives_finite_probabilities(
+    name: str, task_name: str, films: bool
+) -> None:
+    torch.manual_seed(0)
+    task = get_task(task_name)
+    model = create_model(name, INPUTS, task.n_outputs, PARAMS[name])
+    batch = _batch(task_name, films=films)
+    out = model(batch)
+    assert out.logits.shape == (6, task.n_outputs)
+    p = probabilities(task, out.logits)
+    assert torch.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+    if task.kind == "multiclass":
+        assert torch.allclose(p.sum(dim=1), torch.ones(6))
+    loss = task_loss(task, out.logits, batch.y)
+    if out.aux_loss is not None:
+        loss = loss + out.aux_loss
+    loss.backward()
+    grads = [q.grad for q in model.parameters() if q.requires_grad and q.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_unknown_params_key_fails_loudly() -> None:
+    from ehrcxr.errors import EhrcxrError
+
+    with pytest.raises(EhrcxrError, match=r"models\.lstm"):
+        create_model("lstm", INPUTS, 1, {**PARAMS["lstm"], "hiden_size": 3})
+
+
+def test_medfuse_ignores_the_zero_image_of_a_missing_film() -> None:
+    """A missing film shortens MedFuse's sequence: the zero image has no influence."""
+    torch.manual_seed(0)
+    model = create_model("medfuse", INPUTS, 1, PARAMS["medfuse"]).eval()
+    batch = _batch("mortality", films=False)
+    noisy = Batch(**{**batch.__dict__, "cxr": torch.rand_like(batch.cxr)})
+    assert torch.allclose(model(batch).logits, model(noisy).logits)
+    late = create_model("late_fusion", INPUTS, 1, PARAMS["late_fusion"]).eval()
+    assert not torch.allclose(late(batch).logits, late(noisy).logits)  # zero imputation sees it
+
+
+def test_resnet_imagenet_weights_use_torchvision_weights_api() -> None:
+    from ehrcxr.models.encoders import CxrResNetEncoder
+
+    with pytest.raises(ValueError, match="weights"):
+        CxrResNetEncoder(18, "chexpert", 8)
+    with pytest.raises(ValueError, match="depth"):
+        CxrResNetEncoder(101, "none", 8)
