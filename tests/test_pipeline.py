@@ -59,8 +59,17 @@ def scratch_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["synthesize"]["n_patients"] = 120
-    # One grid cell keeps this test fast; the matrix mechanics are the same for thirty.
-    params["grid"] = {"models": ["lstm"], "tasks": ["mortality"], "cohorts": ["base"]}
+    # Two grid cells (a unimodal and a multimodal model, for the permutation test) and a
+    # two-point robustness sweep keep this test fast; the matrix mechanics are the same for more.
+    params["grid"] = {
+        "models": ["lstm", "late_fusion"],
+        "tasks": ["mortality"],
+        "cohorts": ["base"],
+    }
+    params["robustness"].update(
+        {"models": ["late_fusion"], "tasks": ["mortality"], "cohort": "base", "ratios": [0.0, 0.5]}
+    )
+    params["statistics"]["n_permutations"] = 200
     params["model"], params["task"], params["cohort"] = "lstm", "mortality", "base"
     params["train"]["max_epochs"] = 1
     params["wandb"]["mode"] = "disabled"
@@ -91,9 +100,21 @@ def test_dvc_repro_push_and_pull_the_synthetic_source(
         "cache_images",
         "train@lstm-mortality-base",
         "evaluate@lstm-mortality-base",
+        "evaluate@late_fusion-mortality-base",
+        "robustness@late_fusion-mortality-0.5",
+        "statistics",
+        "report",
         "experiment",
     ):
         assert stage in lock["stages"]
+    stats = json.loads((repo / "metrics" / "statistics.json").read_text())
+    test = stats["mortality"]["base"]["auroc"]
+    assert test["best_unimodal"] == "lstm" and 0 < test["models"]["late_fusion"]["p_value"] <= 1
+    report = (repo / "metrics" / "report" / "report.md").read_text()
+    assert "Table 1. In-hospital mortality" in report and "late_fusion" in report
+    assert (repo / "metrics" / "report" / "robustness-mortality.png").is_file()
+    fairness = json.loads((repo / "metrics/fairness/lstm-mortality-base.json").read_text())
+    assert set(fairness) == {"race_group", "gender", "age_group"}
     assert (repo / "data" / "features" / "ehr.npy").is_file()
     assert (repo / "data" / "images" / "images.npy").is_file()
     shown = json.dumps(json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env)))

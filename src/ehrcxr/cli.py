@@ -21,6 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cache-images": ("ehrcxr.stages.cache_images", "decode the matched films into one array"),
     "train": ("ehrcxr.stages.train", "train one model on one task and cohort, write predictions"),
     "evaluate": ("ehrcxr.stages.evaluate", "compute every metric from a predictions file"),
+    "statistics": (
+        "ehrcxr.stages.statistics",
+        "permutation tests: each multimodal model vs the best unimodal one",
+    ),
+    "report": ("ehrcxr.stages.report", "benchmark report: tables, figures and plot data"),
     "gate": ("ehrcxr.stages.gate", "fail when rerun metrics fall below the committed ones"),
     "bench-extract": ("ehrcxr.stages.bench_extract", "time extract + featurize on PostgreSQL"),
 }

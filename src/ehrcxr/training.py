@@ -214,6 +214,7 @@ def train_one(
         monitor=MONITOR,
         mode="max",
         save_top_k=1,
+        save_weights_only=True,  # the best weights, not the optimiser state (a third the size)
         enable_version_counter=False,
     )
     curves = CurveRecorder()

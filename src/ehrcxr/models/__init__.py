@@ -4,6 +4,20 @@ Every model maps a :class:`ehrcxr.batch.Batch` to :class:`ehrcxr.batch.ModelOutp
 optional auxiliary loss); the training module turns logits into probabilities.
 """
 
-from ehrcxr.models.registry import create_model, get_model_class, list_models, register_model
+from ehrcxr.models.registry import (
+    create_model,
+    get_model_class,
+    is_multimodal,
+    list_models,
+    model_modalities,
+    register_model,
+)
 
-__all__ = ["create_model", "get_model_class", "list_models", "register_model"]
+__all__ = [
+    "create_model",
+    "get_model_class",
+    "is_multimodal",
+    "list_models",
+    "model_modalities",
+    "register_model",
+]

@@ -15,7 +15,7 @@ from ehrcxr.models.encoders import CxrResNetEncoder, EhrLstmEncoder
 from ehrcxr.models.registry import register_model
 
 
-@register_model("late_fusion")
+@register_model("late_fusion", modalities=("ehr", "cxr"))
 class LateFusion(nn.Module):
     """[LSTM(ehr_input) ‖ ResNet(cxr)] [B, 2d] → dropout → logits [B, C].
 

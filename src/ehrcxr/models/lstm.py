@@ -13,7 +13,7 @@ from ehrcxr.models.encoders import EhrLstmEncoder
 from ehrcxr.models.registry import register_model
 
 
-@register_model("lstm")
+@register_model("lstm", modalities=("ehr",))
 class Lstm(nn.Module):
     """ehr_input [B, T, F + M] → LSTM → last hidden state [B, d] → logits [B, C]."""
 

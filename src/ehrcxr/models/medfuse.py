@@ -18,7 +18,7 @@ from ehrcxr.models.encoders import CxrResNetEncoder
 from ehrcxr.models.registry import register_model
 
 
-@register_model("medfuse")
+@register_model("medfuse", modalities=("ehr", "cxr"))
 class MedFuse(nn.Module):
     """ehr_input [B, T, F + M], cxr [B, 1, H, W], has_cxr [B] → logits [B, C]."""
 

@@ -13,7 +13,7 @@ from ehrcxr.models.encoders import CxrResNetEncoder
 from ehrcxr.models.registry import register_model
 
 
-@register_model("resnet")
+@register_model("resnet", modalities=("cxr",))
 class ResNet(nn.Module):
     """cxr [B, 1, H, W] → ResNet → [B, d] → dropout → logits [B, C].
 

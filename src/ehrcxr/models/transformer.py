@@ -13,7 +13,7 @@ from ehrcxr.models.encoders import EhrTransformerEncoder
 from ehrcxr.models.registry import register_model
 
 
-@register_model("transformer")
+@register_model("transformer", modalities=("ehr",))
 class Transformer(nn.Module):
     """ehr_input [B, T, F + M] → Transformer encoder → mean over T [B, d] → logits [B, C]."""
 

@@ -1,8 +1,14 @@
-"""``ehrcxr evaluate``: every protocol metric from a predictions file (no model, no torch).
+"""``ehrcxr evaluate``: every protocol metric of one run from its predictions file (no model).
 
-Writes ``--out`` (JSON, a DVC metric): for the evaluated split, each metric's mean over seeds and,
-with several seeds, ``<metric>_std``; ``n_seeds`` and ``n_stays`` (phenotype metrics are macro
-means over the 25 labels). ``--per-label-out`` (JSON): AUPRC and AUROC per phenotype.
+Writes, for the evaluated split (params ``evaluate.split``):
+
+- ``--out`` (JSON, a DVC metric): each metric's mean over seeds and, with several seeds,
+  ``<metric>_std``; ``n_seeds`` and ``n_stays`` (phenotype metrics are macro means over the 25
+  labels);
+- ``--per-label-out`` (JSON): AUPRC and AUROC per phenotype (mean, and std with several seeds);
+- ``--fairness-out`` (JSON, a DVC metric; needs ``--stays``): per sensitive attribute of params
+  ``fairness.attributes``, the best − worst group gap of AUPRC, TPR, FPR and ECE, and each
+  group's size and values (evaluation/fairness.py).
 """
 
 from __future__ import annotations
@@ -10,26 +16,55 @@ from __future__ import annotations
 import argparse
 import json
 
+from ehrcxr import params as params_mod
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, help="file written by `ehrcxr train`")
     parser.add_argument("--task", required=True, help="mortality | phenotype | los")
-    parser.add_argument("--split", default="test", help="split to evaluate (val | test)")
     parser.add_argument("--out", required=True, help="metrics file (JSON)")
     parser.add_argument("--per-label-out", default=None, help="per-phenotype metrics file (JSON)")
+    parser.add_argument("--fairness-out", default=None, help="fairness gaps file (JSON)")
+    parser.add_argument(
+        "--stays", default=None, help="cohort.parquet of `ehrcxr extract` (sensitive attributes)"
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file")
+
+
+def _write(path: str, payload: dict) -> None:
+    from ehrcxr.io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def run(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from ehrcxr.evaluation.report import evaluate_predictions
-    from ehrcxr.io import write_text_atomic
+    from ehrcxr.errors import EhrcxrError
+    from ehrcxr.evaluation.fairness import fairness_report
+    from ehrcxr.evaluation.runs import evaluate_predictions
     from ehrcxr.tasks import get_task
 
+    params = params_mod.load(args.params)
+    split = params["evaluate"]["split"]
+    task = get_task(args.task)
     predictions = pd.read_parquet(args.predictions)
-    headline, per_label = evaluate_predictions(predictions, get_task(args.task), args.split)
-    write_text_atomic(args.out, json.dumps(headline, indent=2, sort_keys=True) + "\n")
+    headline, per_label = evaluate_predictions(predictions, task, split)
+    _write(args.out, headline)
     if args.per_label_out:
-        write_text_atomic(
-            args.per_label_out, json.dumps(per_label, indent=2, sort_keys=True) + "\n"
+        _write(args.per_label_out, per_label)
+    if args.fairness_out:
+        if not args.stays:
+            raise EhrcxrError("--fairness-out needs --stays (the cohort table)")
+        fair = params["fairness"]
+        stays = pd.read_parquet(args.stays, columns=["stay_id", *fair["attributes"]])
+        report = fairness_report(
+            predictions,
+            stays,
+            task,
+            split,
+            attributes=fair["attributes"],
+            min_group_size=int(fair["min_group_size"]),
+            n_bins=int(fair["ece_bins"]),
         )
+        _write(args.fairness_out, report)

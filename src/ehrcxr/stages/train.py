@@ -6,12 +6,13 @@ Writes:
   the val and test splits: ``stay_id, split, seed``, ``prob_<output>`` (probabilities: one per
   phenotype, ``prob_mortality``, or ``prob_0 … prob_6`` for LoS) and ``label_<label>``;
 - ``--out``: the best validation checkpoint per seed (``seed<S>.ckpt``);
-- ``--curves`` (CSV, a DVC plot): ``seed, epoch, train_loss, val_loss, val_selection``.
+- ``--curves`` (CSV, a DVC plot; optional): ``seed, epoch, train_loss, val_loss, val_selection``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -29,8 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", default="data/images", help="folder of `ehrcxr cache-images`")
     parser.add_argument("--out", required=True, help="checkpoint folder")
     parser.add_argument("--predictions", required=True, help="predictions file (parquet)")
-    parser.add_argument("--curves", required=True, help="learning curves (CSV)")
+    parser.add_argument("--curves", default=None, help="learning curves (CSV; optional)")
     parser.add_argument("--params", default="params.yaml", help="params file")
+    parser.add_argument(
+        "--missing-ratio",
+        type=float,
+        default=None,
+        help="share of stays whose film is removed (default: params train.missing_ratio)",
+    )
     parser.add_argument(
         "--fast-dev-run",
         action="store_true",
@@ -50,6 +57,8 @@ def run(args: argparse.Namespace) -> None:
 
     params = params_mod.load(args.params)
     cfg = params_mod.train_config(params)
+    if args.missing_ratio is not None:
+        cfg = dataclasses.replace(cfg, missing_ratio=args.missing_ratio)
     wandb_cfg = params_mod.wandb_config(params)
     model_params = params_mod.model_params(params, args.model)
     task = get_task(args.task)
@@ -79,9 +88,10 @@ def run(args: argparse.Namespace) -> None:
     curves = pd.concat([r[1] for r in runs], ignore_index=True)
     with atomic_path(args.predictions) as tmp:
         predictions.to_parquet(tmp, index=False)
-    with atomic_path(args.curves) as tmp:
-        curves[["seed", "epoch", "train_loss", "val_loss", "val_selection"]].to_csv(
-            tmp, index=False
-        )
+    if args.curves:
+        with atomic_path(args.curves) as tmp:
+            curves[["seed", "epoch", "train_loss", "val_loss", "val_selection"]].to_csv(
+                tmp, index=False
+            )
     seconds = round(time.perf_counter() - start, 1)
     print(json.dumps({"run": f"{args.model}-{args.task}-{args.cohort}", "seconds": seconds}))

@@ -89,14 +89,14 @@ def chart_stays(rng: np.random.Generator, stays: pd.DataFrame, vocab: dict) -> d
         78
         + 9 * sev[s]
         + 14 * sepsis[s]
-        + 10 * fluid[s]
+        + 12 * fluid[s]
         + 12 * af[s]
         + 6 * shock[s]
         + g.ar1(rng, 0.9, 6)
     )
     hr = hr + af[s] * rng.normal(0, 8, len(g))
     rr = 18 + 2.5 * sev[s] + 4 * resp[s] + g.ar1(rng, 0.85, 3)
-    mbp = 80 - 5 * sev[s] - 16 * shock[s] + g.ar1(rng, 0.9, 7)
+    mbp = 80 - 5 * sev[s] - 16 * shock[s] + 10 * fluid[s] + g.ar1(rng, 0.9, 7)
     sbp = mbp + 38 + rng.normal(0, 6, len(g))
     dbp = mbp - 18 + rng.normal(0, 4, len(g))
     spo2 = np.minimum(97.3 - 0.8 * sev[s] - 3 * resp[s] + g.ar1(rng, 0.8, 1.5), 100)
@@ -293,7 +293,7 @@ def _weights(rng: np.random.Generator, stays: pd.DataFrame, fluid: np.ndarray) -
     charted = rng.random(len(stay)) < 0.8
     stay, day = stay[charted], day[charted]
     d_start = first_daily[stay] + day * DAY
-    d_weight = w0[stay] + fluid[stay] * 1.5 * (day + 1) + rng.normal(0, 0.7, len(stay))
+    d_weight = w0[stay] + fluid[stay] * 3.0 * (day + 1) + rng.normal(0, 0.7, len(stay))
     a = np.flatnonzero(valid)
     a_weight = np.where(rng.random(len(a)) < 0.02, w0[a] * 2.2046, w0[a])  # lbs in the kg field
     stay_all = np.r_[a, stay]

@@ -40,7 +40,7 @@ LATENT_FACTORS: dict[str, dict[str, object]] = {
     "fluid_overload": {
         "prevalence": 0.35,
         "modality": "ehr",
-        "shows_as": "rising daily weight, HR +10",
+        "shows_as": "daily weight +3 kg/day, HR +12, MBP +10",
     },
     "cardiomegaly": {
         "prevalence": 0.35,

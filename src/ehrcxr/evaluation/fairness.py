@@ -1,0 +1,167 @@
+"""Subgroup fairness gaps of one run (benchmark_protocol.md, "Fairness").
+
+For each sensitive attribute (race group, sex, age group) and each metric (AUPRC, TPR and FPR at
+threshold 0.5, ECE with 10 equal-width bins), the gap is best group − worst group, i.e. max − min
+over the groups with at least ``min_group_size`` evaluated stays. A group's metric is left out of
+a gap when it is undefined there (AUPRC and TPR need a positive, FPR a negative, every metric a
+non-empty group); a gap needs two groups with a defined value.
+
+Targets: mortality has one (the death probability); phenotyping has one per label, and the gaps
+are computed per label, then averaged over the labels where they are defined; length of stay is
+scored one-vs-rest per class (score: that class's probability; decision: the class is the argmax)
+and averaged over classes, our choice where the protocol is silent. With several seeds every
+number is computed per seed, then averaged (``<metric>_gap_std`` gives the spread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score
+
+from ehrcxr.evaluation.metrics import THRESHOLD
+from ehrcxr.tasks import Task
+
+FAIRNESS_METRICS = ("auprc", "tpr", "fpr", "ece")
+DIGITS = 4
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int) -> float:
+    """ECE = Σ_b (n_b / n) · |mean p in b − mean y in b| over ``n_bins`` equal-width bins of [0, 1].
+
+    y: {0, 1} [N]; p: probabilities [N]. Bin b holds b/n_bins ≤ p < (b+1)/n_bins; p = 1 falls in
+    the last bin. NaN for an empty input.
+    """
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    if y.size == 0:
+        return float("nan")
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
+    sum_y = np.bincount(bins, weights=y, minlength=n_bins)
+    return float(np.abs(sum_p - sum_y).sum() / y.size)
+
+
+def group_metrics(y: np.ndarray, score: np.ndarray, decision: np.ndarray, n_bins: int) -> dict:
+    """AUPRC, TPR, FPR, ECE of one group on one target. y, decision: {0, 1} [N]; score: [N]."""
+    y = np.asarray(y).astype(int)
+    decision = np.asarray(decision).astype(bool)
+    pos, neg = y == 1, y == 0
+    return {
+        "auprc": float(average_precision_score(y, score)) if pos.any() else float("nan"),
+        "tpr": float(decision[pos].mean()) if pos.any() else float("nan"),
+        "fpr": float(decision[neg].mean()) if neg.any() else float("nan"),
+        "ece": expected_calibration_error(y, score, n_bins),
+    }
+
+
+def targets(frame: pd.DataFrame, task: Task) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(label, score, decision) arrays [N] for every target of ``task`` in a predictions frame."""
+    if task.kind == "multiclass":
+        probs = frame[[f"prob_{k}" for k in range(task.n_outputs)]].to_numpy()
+        y = frame[f"label_{task.labels[0]}"].to_numpy().astype(int)
+        predicted = probs.argmax(axis=1)
+        return [(y == k, probs[:, k], predicted == k) for k in range(task.n_outputs)]
+    out = []
+    for name in task.labels:
+        p = frame[f"prob_{name}"].to_numpy(dtype=float)
+        out.append((frame[f"label_{name}"].to_numpy(), p, p >= THRESHOLD))
+    return out
+
+
+def _gap(values: Sequence[float]) -> float:
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.max() - finite.min()) if finite.size >= 2 else float("nan")
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def attribute_gaps(
+    frame: pd.DataFrame, groups: pd.Series, task: Task, min_group_size: int, n_bins: int
+) -> dict:
+    """Gaps of one seed's predictions for one attribute.
+
+    frame: the predictions of one seed and split; groups: the attribute's value per row of
+    ``frame`` (same index). Returns ``{"<metric>_gap": float, "groups": {group: {"n": int,
+    <metric>: value averaged over targets}}}``.
+    """
+    labels = groups.astype(str).to_numpy()
+    names, counts = np.unique(labels, return_counts=True)
+    sizes = {str(g): int(n) for g, n in zip(names, counts, strict=True) if n >= min_group_size}
+    masks = {g: labels == g for g in sizes}
+    per_target = [  # per target: {group: metrics}
+        {g: group_metrics(y[m], score[m], decision[m], n_bins) for g, m in masks.items()}
+        for y, score, decision in targets(frame, task)
+    ]
+    out: dict = {
+        f"{metric}_gap": _nanmean([_gap([t[g][metric] for g in sizes]) for t in per_target])
+        for metric in FAIRNESS_METRICS
+    }
+    out["groups"] = {
+        g: {"n": n} | {m: _nanmean([t[g][m] for t in per_target]) for m in FAIRNESS_METRICS}
+        for g, n in sizes.items()
+    }
+    return out
+
+
+def _round(value: float) -> float | None:
+    return round(value, DIGITS) if np.isfinite(value) else None
+
+
+def fairness_report(
+    predictions: pd.DataFrame,
+    stays: pd.DataFrame,
+    task: Task,
+    split: str,
+    attributes: Sequence[str],
+    min_group_size: int,
+    n_bins: int,
+) -> dict:
+    """Fairness gaps of a run on ``split``, mean (and std) over seeds.
+
+    predictions: a predictions file (stay_id, split, seed, prob_*, label_*); stays: one row per
+    stay with ``stay_id`` and the ``attributes`` columns (the extraction's cohort table).
+    Returns ``{attribute: {"<metric>_gap": mean, ["<metric>_gap_std": std,] "groups": {group:
+    {"n", <metric>: mean over seeds}}}}``; undefined values are None.
+    """
+    part = predictions[predictions["split"] == split]
+    if part.empty:
+        raise ValueError(f"no {split} predictions")
+    missing = [a for a in attributes if a not in stays.columns]
+    if missing:
+        raise ValueError(f"stays table lacks the sensitive attributes {missing}")
+    lookup = stays.set_index("stay_id")
+    seeds = sorted(part["seed"].unique())
+    result: dict = {}
+    for attribute in attributes:
+        runs = []
+        for seed in seeds:
+            frame = part[part["seed"] == seed].reset_index(drop=True)
+            groups = lookup.loc[frame["stay_id"].to_numpy(), attribute].reset_index(drop=True)
+            runs.append(attribute_gaps(frame, groups, task, min_group_size, n_bins))
+        entry: dict = {}
+        for metric in FAIRNESS_METRICS:
+            values = [r[f"{metric}_gap"] for r in runs]
+            entry[f"{metric}_gap"] = _round(_nanmean(values))
+            if len(seeds) > 1:
+                finite = np.asarray(values, dtype=float)
+                finite = finite[np.isfinite(finite)]
+                entry[f"{metric}_gap_std"] = _round(float(finite.std())) if finite.size else None
+        names = sorted({g for r in runs for g in r["groups"]})
+        entry["groups"] = {
+            g: {"n": max(r["groups"][g]["n"] for r in runs if g in r["groups"])}
+            | {
+                metric: _round(_nanmean([r["groups"][g][metric] for r in runs if g in r["groups"]]))
+                for metric in FAIRNESS_METRICS
+            }
+            for g in names
+        }
+        result[attribute] = entry
+    return result
