@@ -10,7 +10,7 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: env postgres repro test test-all lint clean-env bench-extract gate
+.PHONY: env postgres repro test test-quick lint clean-env bench-extract gate
 
 env: $(STAMP)
 
@@ -40,9 +40,9 @@ test: env postgres
 gate: env
 	WANDB_MODE=disabled ehrcxr gate --repro --against HEAD
 
-# The slow checks as well (MIMIC-size runs); not part of CI's time budget.
-test-all: env postgres
-	pytest -m "slow or not slow"
+# A quick loop for development: without the minutes-long checks marked slow (CI runs them).
+test-quick: env postgres
+	pytest -m "not slow"
 
 lint: env
 	ruff check src tests

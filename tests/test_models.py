@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 import yaml
 
 from ehrcxr.batch import Batch, InputSpec
-from ehrcxr.models import create_model, list_models
+from ehrcxr.models import create_model, list_models, model_modalities
 from ehrcxr.tasks import TASKS, get_task
 from ehrcxr.training import probabilities, task_loss
 
@@ -66,6 +67,24 @@ def test_forward_backward_gives_finite_probabilities(
     loss.backward()
     grads = [q.grad for q in model.parameters() if q.requires_grad and q.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_declared_modalities_are_the_inputs_the_model_reads(name: str) -> None:
+    """The statistics stage trusts ``modalities`` to tell unimodal from multimodal models."""
+    torch.manual_seed(0)
+    model = create_model(name, INPUTS, 1, PARAMS[name]).eval()
+    base = _batch("mortality", films=True, seed=1)
+    other_ehr = _batch("mortality", films=True, seed=2)
+    changed = {
+        "ehr": dataclasses.replace(base, ehr=other_ehr.ehr, ehr_mask=other_ehr.ehr_mask),
+        "cxr": dataclasses.replace(base, cxr=torch.rand_like(base.cxr) * base.cxr.ne(0)),
+    }
+    with torch.no_grad():
+        reference = model(base).logits
+        for modality, batch in changed.items():
+            moved = not torch.allclose(model(batch).logits, reference)
+            assert moved == (modality in model_modalities(name)), (name, modality)
 
 
 def test_unknown_params_key_fails_loudly() -> None:

@@ -288,6 +288,7 @@ def test_report_renders_from_metrics_fixture(tmp_path: Path) -> None:
     # Per-phenotype table: short names, late_fusion ranks first on every label.
     assert "| Sepsis |" in text and "**1.00**" in text and "**2.00**" in text
     assert "| late_fusion | 0.800 | 0.700 |" in text.replace(" ± 0.000", "")
+    assert "| late_fusion (EHR+CXR) |" in text and "| lstm (EHR) |" in text
     for png in ("robustness-phenotype.png", "fairness-mortality-matched.png"):
         assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"
     plot = pd.read_csv(tmp_path / "report" / "robustness-phenotype.csv")

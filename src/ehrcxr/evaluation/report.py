@@ -61,6 +61,7 @@ class ReportConfig:
     robustness_metric: str  # the metric on the robustness figure's y axis
     robustness_phenotypes: tuple[str, ...]  # single phenotypes with their own panel
     alpha: float
+    modalities: dict[str, tuple[str, ...]]  # model → the modalities it reads (registry)
 
 
 @dataclasses.dataclass
@@ -154,7 +155,7 @@ def task_table(config: ReportConfig, metrics: Metrics, task: str) -> str:
     ]
     rows = []
     for model in config.models:
-        row = [model]
+        row = [f"{model} ({'+'.join(m.upper() for m in config.modalities[model])})"]
         for cohort in config.cohorts:
             values = metrics.benchmark[(model, task, cohort)]
             for k in keys:

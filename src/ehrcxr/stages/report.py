@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def report_config(params: dict) -> ReportConfig:
     from ehrcxr.evaluation.report import ReportConfig
+    from ehrcxr.models import model_modalities
 
     grid, sweep, report = params["grid"], params["robustness"], params["report"]
     return ReportConfig(
@@ -53,6 +54,7 @@ def report_config(params: dict) -> ReportConfig:
         robustness_metric=report["robustness_metric"],
         robustness_phenotypes=tuple(report["robustness_phenotypes"]),
         alpha=float(params["statistics"]["alpha"]),
+        modalities={m: model_modalities(m) for m in {*grid["models"], *sweep["models"]}},
     )
 
 
