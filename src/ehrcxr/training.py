@@ -156,6 +156,7 @@ def _logger(wandb_cfg: WandbConfig, run_name: str, group: str, config: dict[str,
     mode = os.environ.get("WANDB_MODE", wandb_cfg.mode)
     if mode == "disabled":
         return False
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     Path(wandb_cfg.dir).mkdir(parents=True, exist_ok=True)
@@ -167,6 +168,16 @@ def _logger(wandb_cfg: WandbConfig, run_name: str, group: str, config: dict[str,
         offline=(mode == "offline"),
         config=config,
         log_model=False,
+        # Curves and config only: no system-metrics sampler, no console capture, no environment
+        # snapshot (pip freeze, git) — they cost seconds per run and are not benchmark data.
+        settings=wandb.Settings(
+            console="off",
+            x_disable_stats=True,
+            x_disable_meta=True,
+            x_save_requirements=False,
+            disable_git=True,
+            disable_code=True,
+        ),
     )
 
 
