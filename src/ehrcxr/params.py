@@ -26,7 +26,8 @@ def load(path: str | Path = "params.yaml") -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def _section(params: dict[str, Any], name: str) -> dict[str, Any]:
+def section(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """params.yaml section ``name``; a missing section is an error naming it."""
     if name not in params:
         raise EhrcxrError(f"params.yaml has no '{name}' section")
     return params[name] or {}
@@ -57,7 +58,7 @@ def source_params(params: dict[str, Any]) -> SourceParams:
 
 
 def extract_params(params: dict[str, Any]) -> ExtractConfig:
-    s = dict(_section(params, "extract"))
+    s = dict(section(params, "extract"))
     window = int(s.pop("window_hours"))
     cohort = dict(s.pop("cohort", {}))
     if "planned_admission_types" in cohort:
@@ -76,7 +77,7 @@ class FeaturizeParams:
 
 
 def featurize_params(params: dict[str, Any]) -> FeaturizeParams:
-    return _build(FeaturizeParams, _section(params, "featurize"), "featurize")
+    return _build(FeaturizeParams, section(params, "featurize"), "featurize")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +87,13 @@ class CacheImagesParams:
 
 
 def cache_images_params(params: dict[str, Any]) -> CacheImagesParams:
-    return _build(CacheImagesParams, _section(params, "cache_images"), "cache_images")
+    return _build(CacheImagesParams, section(params, "cache_images"), "cache_images")
 
 
 def train_config(params: dict[str, Any]) -> TrainConfig:
     from ehrcxr.training import TrainConfig
 
-    s = dict(_section(params, "train"))
+    s = dict(section(params, "train"))
     s["seeds"] = tuple(int(x) for x in s.get("seeds", ()))
     s["missing_splits"] = tuple(s.get("missing_splits", ()))
     return _build(TrainConfig, s, "train")
@@ -101,12 +102,12 @@ def train_config(params: dict[str, Any]) -> TrainConfig:
 def wandb_config(params: dict[str, Any]) -> WandbConfig:
     from ehrcxr.training import WandbConfig
 
-    return _build(WandbConfig, _section(params, "wandb"), "wandb")
+    return _build(WandbConfig, section(params, "wandb"), "wandb")
 
 
 def model_params(params: dict[str, Any], name: str) -> dict[str, Any]:
     """The ``models.<name>`` section: the model constructor's keyword arguments."""
-    models = _section(params, "models")
+    models = section(params, "models")
     if name not in models:
         raise EhrcxrError(f"params.yaml has no models.{name} section")
     return dict(models[name] or {})

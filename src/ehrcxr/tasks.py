@@ -16,6 +16,19 @@ class Task:
     n_outputs: int
     selection_metric: str  # the validation metric that picks the checkpoint (higher is better)
 
+    @property
+    def prob_columns(self) -> list[str]:
+        """Predictions-file probability columns, in output order: ``prob_<label>`` (one per
+        label) or, for a multi-class task, ``prob_0 … prob_<K-1>``."""
+        if self.kind == "multiclass":
+            return [f"prob_{k}" for k in range(self.n_outputs)]
+        return [f"prob_{n}" for n in self.labels]
+
+    @property
+    def label_columns(self) -> list[str]:
+        """Predictions-file label columns: ``label_<label>`` (one, the class id, for LoS)."""
+        return [f"label_{n}" for n in self.labels]
+
 
 def get_task(name: str) -> Task:
     """``mortality`` (binary), ``phenotype`` (25 labels), ``los`` (7 classes)."""

@@ -62,28 +62,20 @@ class TrainModule(L.LightningModule):
             loss = loss + out.aux_loss
         return loss, out.logits
 
+    def _log_epoch_loss(self, name: str, loss: torch.Tensor, batch: Batch) -> None:
+        """The epoch mean of a loss, weighted by batch size and averaged over processes."""
+        self.log(
+            name, loss, on_step=False, on_epoch=True, batch_size=len(batch.stay_id), sync_dist=True
+        )
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
-        self.log(
-            "train/loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            batch_size=len(batch.stay_id),
-            sync_dist=True,
-        )
+        self._log_epoch_loss("train/loss", loss, batch)
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss, logits = self._loss(batch)
-        self.log(
-            "val/loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            batch_size=len(batch.stay_id),
-            sync_dist=True,
-        )
+        self._log_epoch_loss("val/loss", loss, batch)
         self._val.append((probabilities(self.task, logits).detach().cpu(), batch.y.detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
@@ -285,10 +277,7 @@ def predict(module: TrainModule, data: EhrCxrDataModule, seed: int) -> pd.DataFr
 
 def prediction_columns(task: Task, p: np.ndarray, y: np.ndarray) -> pd.DataFrame:
     """``prob_<output>`` and ``label_<label>`` columns (see the predictions file contract)."""
-    if task.kind == "multiclass":
-        probs = {f"prob_{k}": p[:, k] for k in range(task.n_outputs)}
-        labels = {"label_los_class": y.astype(np.int64)}
-    else:
-        probs = {f"prob_{n}": p[:, j] for j, n in enumerate(task.labels)}
-        labels = {f"label_{n}": y[:, j].astype(np.int64) for j, n in enumerate(task.labels)}
+    probs = dict(zip(task.prob_columns, p.T, strict=True))
+    y = y.reshape(len(y), -1).astype(np.int64)  # LoS: class ids [N] → [N, 1]
+    labels = dict(zip(task.label_columns, y.T, strict=True))
     return pd.DataFrame({**probs, **labels})

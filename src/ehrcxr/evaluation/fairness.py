@@ -22,10 +22,10 @@ import pandas as pd
 from sklearn.metrics import average_precision_score
 
 from ehrcxr.evaluation.metrics import THRESHOLD
+from ehrcxr.evaluation.runs import summarize
 from ehrcxr.tasks import Task
 
 FAIRNESS_METRICS = ("auprc", "tpr", "fpr", "ece")
-DIGITS = 4
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int) -> float:
@@ -60,14 +60,14 @@ def group_metrics(y: np.ndarray, score: np.ndarray, decision: np.ndarray, n_bins
 def targets(frame: pd.DataFrame, task: Task) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(label, score, decision) arrays [N] for every target of ``task`` in a predictions frame."""
     if task.kind == "multiclass":
-        probs = frame[[f"prob_{k}" for k in range(task.n_outputs)]].to_numpy()
-        y = frame[f"label_{task.labels[0]}"].to_numpy().astype(int)
+        probs = frame[task.prob_columns].to_numpy()
+        y = frame[task.label_columns[0]].to_numpy().astype(int)
         predicted = probs.argmax(axis=1)
         return [(y == k, probs[:, k], predicted == k) for k in range(task.n_outputs)]
     out = []
-    for name in task.labels:
-        p = frame[f"prob_{name}"].to_numpy(dtype=float)
-        out.append((frame[f"label_{name}"].to_numpy(), p, p >= THRESHOLD))
+    for prob, label in zip(task.prob_columns, task.label_columns, strict=True):
+        p = frame[prob].to_numpy(dtype=float)
+        out.append((frame[label].to_numpy(), p, p >= THRESHOLD))
     return out
 
 
@@ -111,10 +111,6 @@ def attribute_gaps(
     return out
 
 
-def _round(value: float) -> float | None:
-    return round(value, DIGITS) if np.isfinite(value) else None
-
-
 def fairness_report(
     predictions: pd.DataFrame,
     stays: pd.DataFrame,
@@ -138,27 +134,31 @@ def fairness_report(
     if missing:
         raise ValueError(f"stays table lacks the sensitive attributes {missing}")
     lookup = stays.set_index("stay_id")
-    seeds = sorted(part["seed"].unique())
+    # Each seed's predictions with the attributes of their stays, looked up once.
+    per_seed = []
+    for seed in sorted(part["seed"].unique()):
+        frame = part[part["seed"] == seed].reset_index(drop=True)
+        attrs = lookup.loc[frame["stay_id"].to_numpy(), list(attributes)].reset_index(drop=True)
+        per_seed.append((frame, attrs))
     result: dict = {}
     for attribute in attributes:
-        runs = []
-        for seed in seeds:
-            frame = part[part["seed"] == seed].reset_index(drop=True)
-            groups = lookup.loc[frame["stay_id"].to_numpy(), attribute].reset_index(drop=True)
-            runs.append(attribute_gaps(frame, groups, task, min_group_size, n_bins))
+        runs = [
+            attribute_gaps(frame, attrs[attribute], task, min_group_size, n_bins)
+            for frame, attrs in per_seed
+        ]
         entry: dict = {}
         for metric in FAIRNESS_METRICS:
             values = [r[f"{metric}_gap"] for r in runs]
-            entry[f"{metric}_gap"] = _round(_nanmean(values))
-            if len(seeds) > 1:
-                finite = np.asarray(values, dtype=float)
-                finite = finite[np.isfinite(finite)]
-                entry[f"{metric}_gap_std"] = _round(float(finite.std())) if finite.size else None
+            entry[f"{metric}_gap"] = summarize(values, np.mean)
+            if len(runs) > 1:
+                entry[f"{metric}_gap_std"] = summarize(values, np.std)
         names = sorted({g for r in runs for g in r["groups"]})
         entry["groups"] = {
             g: {"n": max(r["groups"][g]["n"] for r in runs if g in r["groups"])}
             | {
-                metric: _round(_nanmean([r["groups"][g][metric] for r in runs if g in r["groups"]]))
+                metric: summarize(
+                    [r["groups"][g][metric] for r in runs if g in r["groups"]], np.mean
+                )
                 for metric in FAIRNESS_METRICS
             }
             for g in names

@@ -303,12 +303,10 @@ def fairness_table(config: ReportConfig, metrics: Metrics, task: str, cohort: st
 
 def robustness_figure(config: ReportConfig, frame: pd.DataFrame, task: str, path: Path) -> None:
     """Metric vs missing ratio per model, mean ± std band (seed paper, Figure 2)."""
-    import matplotlib
+    plt = _pyplot()
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    short = dict(zip(phenotype_table()["column"], phenotype_table()["short_name"], strict=True))
+    phenotypes = phenotype_table()
+    short = dict(zip(phenotypes["column"], phenotypes["short_name"], strict=True))
     labels = list(dict.fromkeys(frame["label"]))
     cols = min(3, len(labels))
     rows = int(np.ceil(len(labels) / cols))
@@ -334,10 +332,7 @@ def robustness_figure(config: ReportConfig, frame: pd.DataFrame, task: str, path
 
 def fairness_figure(frame: pd.DataFrame, title: str, path: Path) -> None:
     """Gap per model, one panel per attribute × metric (seed paper, Figure 3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    plt = _pyplot()
 
     attributes = list(dict.fromkeys(frame["attribute"]))
     models = list(dict.fromkeys(frame["model"]))
@@ -364,8 +359,18 @@ def fairness_figure(frame: pd.DataFrame, title: str, path: Path) -> None:
     _save(fig, path)
 
 
-def _save(fig, path: Path) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported late: only the report draws)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
 
     from ehrcxr.io import atomic_path
 

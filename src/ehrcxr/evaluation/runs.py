@@ -11,7 +11,7 @@ from ehrcxr.tasks import Task
 DIGITS = 4
 
 
-def _summary(values: list[float], fn) -> float | None:
+def summarize(values: list[float], fn) -> float | None:
     """``fn`` over the finite values, rounded; None (JSON null) when there are none."""
     finite = np.asarray(values, dtype=float)
     finite = finite[np.isfinite(finite)]
@@ -22,10 +22,10 @@ def _per_seed(
     frame: pd.DataFrame, task: Task
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     if task.kind == "multiclass":
-        p = frame[[f"prob_{k}" for k in range(task.n_outputs)]].to_numpy()
-        return multiclass_metrics(frame["label_los_class"].to_numpy(), p), {}
-    y = frame[[f"label_{n}" for n in task.labels]].to_numpy()
-    p = frame[[f"prob_{n}" for n in task.labels]].to_numpy()
+        p = frame[task.prob_columns].to_numpy()
+        return multiclass_metrics(frame[task.label_columns[0]].to_numpy(), p), {}
+    y = frame[task.label_columns].to_numpy()
+    p = frame[task.prob_columns].to_numpy()
     if task.kind == "binary":
         return binary_metrics(y[:, 0], p[:, 0]), {}
     macro, per_label = multilabel_metrics(y, p, list(task.labels))
@@ -52,15 +52,15 @@ def evaluate_predictions(predictions: pd.DataFrame, task: Task, split: str) -> t
     out: dict = {"n_seeds": len(seeds), "n_stays": int((part["seed"] == seeds[0]).sum())}
     for key in headline[0]:
         values = [h[key] for h in headline]
-        out[key] = _summary(values, np.mean)
+        out[key] = summarize(values, np.mean)
         if len(seeds) > 1:
-            out[f"{key}_std"] = _summary(values, np.std)
+            out[f"{key}_std"] = summarize(values, np.std)
     labels: dict = {}
     for name in task.labels if per_label[0] else ():
         labels[name] = {}
         for key in ("auprc", "auroc"):
             values = [pl[name][key] for pl in per_label]
-            labels[name][key] = _summary(values, np.mean)
+            labels[name][key] = summarize(values, np.mean)
             if len(seeds) > 1:
-                labels[name][f"{key}_std"] = _summary(values, np.std)
+                labels[name][f"{key}_std"] = summarize(values, np.std)
     return out, labels

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from ehrcxr.evaluation.runs import DIGITS
 from ehrcxr.tasks import Task
 
 # metric(y [N] or [N, L], predictions [P, N, O]) → [P]; O = outputs (1, labels or classes).
@@ -134,15 +135,9 @@ def seed_ensemble(
     part = predictions[predictions["split"] == split]
     if part.empty:
         raise ValueError(f"no {split} predictions")
-    prob_cols = (
-        [f"prob_{k}" for k in range(task.n_outputs)]
-        if task.kind == "multiclass"
-        else [f"prob_{n}" for n in task.labels]
-    )
-    label_cols = [f"label_{n}" for n in task.labels]
     grouped = part.groupby("stay_id", sort=True)
-    probs = grouped[prob_cols].mean()
-    labels = grouped[label_cols].first()
+    probs = grouped[task.prob_columns].mean()
+    labels = grouped[task.label_columns].first()
     return probs.index.to_numpy(), labels.to_numpy(), probs.to_numpy(dtype=float)
 
 
@@ -171,12 +166,12 @@ def compare_with_best_unimodal(
             raise ValueError(f"{name} was evaluated on other {split} stays than the others")
     unimodal = [n for n in ensembles if not multimodal[n]]
     fused = [n for n in ensembles if multimodal[n]]
+    if not unimodal:
+        raise ValueError("no unimodal model to compare with")
     out: dict = {}
     for metric_name in metrics:
         metric = row_metric(task, metric_name)
         value = {n: float(metric(labels, e[2][None])[0]) for n, e in ensembles.items()}
-        if not unimodal:
-            raise ValueError("no unimodal model to compare with")
         best = max(unimodal, key=lambda n: value[n])
         models = {}
         for name in fused:
@@ -184,14 +179,14 @@ def compare_with_best_unimodal(
                 labels, ensembles[name][2], ensembles[best][2], metric, n_permutations, seed
             )
             models[name] = {
-                "value": round(value[name], 4),
-                "difference": round(diff, 4),
+                "value": round(value[name], DIGITS),
+                "difference": round(diff, DIGITS),
                 "p_value": round(p, 6),
                 "significant": bool(p < alpha),
             }
         out[metric_name] = {
             "best_unimodal": best,
-            "best_unimodal_value": round(value[best], 4),
+            "best_unimodal_value": round(value[best], DIGITS),
             "models": models,
         }
     return out

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     from ehrcxr.tasks import get_task
 
     params = params_mod.load(args.params)
-    split = params["evaluate"]["split"]
+    split = params_mod.section(params, "evaluate")["split"]
     task = get_task(args.task)
     predictions = pd.read_parquet(args.predictions)
     headline, per_label = evaluate_predictions(predictions, task, split)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> None:
     if args.fairness_out:
         if not args.stays:
             raise EhrcxrError("--fairness-out needs --stays (the cohort table)")
-        fair = params["fairness"]
+        fair = params_mod.section(params, "fairness")
         stays = pd.read_parquet(args.stays, columns=["stay_id", *fair["attributes"]])
         report = fairness_report(
             predictions,

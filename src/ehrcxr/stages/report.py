@@ -41,7 +41,9 @@ def report_config(params: dict) -> ReportConfig:
     from ehrcxr.evaluation.report import ReportConfig
     from ehrcxr.models import model_modalities
 
-    grid, sweep, report = params["grid"], params["robustness"], params["report"]
+    grid, sweep, report = (
+        params_mod.section(params, name) for name in ("grid", "robustness", "report")
+    )
     return ReportConfig(
         models=tuple(grid["models"]),
         tasks=tuple(grid["tasks"]),
@@ -53,7 +55,7 @@ def report_config(params: dict) -> ReportConfig:
         robustness_cohort=sweep["cohort"],
         robustness_metric=report["robustness_metric"],
         robustness_phenotypes=tuple(report["robustness_phenotypes"]),
-        alpha=float(params["statistics"]["alpha"]),
+        alpha=float(params_mod.section(params, "statistics")["alpha"]),
         modalities={m: model_modalities(m) for m in {*grid["models"], *sweep["models"]}},
     )
 

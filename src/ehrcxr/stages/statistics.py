@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> None:
     from ehrcxr.tasks import get_task
 
     params = params_mod.load(args.params)
-    grid, stats = params["grid"], params["statistics"]
+    grid = params_mod.section(params, "grid")
+    stats = params_mod.section(params, "statistics")
+    split = params_mod.section(params, "evaluate")["split"]
     models = list(grid["models"])
     multimodal = {m: is_multimodal(m) for m in models}
     result: dict = {}
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
                     frames,
                     multimodal,
                     task,
-                    params["evaluate"]["split"],
+                    split,
                     metrics=list(stats["metrics"][task_name]),
                     n_permutations=int(stats["n_permutations"]),
                     alpha=float(stats["alpha"]),
