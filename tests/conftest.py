@@ -12,6 +12,8 @@ from ehrcxr.data.database import sqlite_url
 from ehrcxr.data.pg_cluster import TemporaryPostgres
 from ehrcxr.data.synthetic import synthesize
 
+REPO = Path(__file__).resolve().parents[1]
+
 SMALL_PATIENTS = 200
 SMALL_SEED = 0
 
@@ -50,3 +52,50 @@ def small_postgres_url(postgres_url: str, small_source: Path) -> str:
 
     load_into_postgres(small_source, postgres_url, replace=True)
     return postgres_url
+
+
+@pytest.fixture(scope="session")
+def small_data(small_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """extract → featurize → cache-images of the small source, through the CLI."""
+    from ehrcxr.cli import main
+
+    root = tmp_path_factory.mktemp("pipeline")
+    params = REPO / "params.yaml"
+    assert (
+        main(
+            [
+                "extract",
+                "--synthetic",
+                str(small_source),
+                "--out",
+                str(root / "extract"),
+                "--params",
+                str(params),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "featurize",
+                "--extract",
+                str(root / "extract"),
+                "--out",
+                str(root / "features"),
+                "--params",
+                str(params),
+            ]
+        )
+        == 0
+    )
+    images = ["--synthetic", str(small_source), "--extract", str(root / "extract")]
+    assert (
+        main(["cache-images", *images, "--out", str(root / "images"), "--params", str(params)]) == 0
+    )
+    return {
+        "root": root,
+        "extract": root / "extract",
+        "features": root / "features",
+        "images": root / "images",
+    }

@@ -9,13 +9,22 @@ import pytest
 import torch
 import yaml
 
+from ehrcxr import params as params_mod
 from ehrcxr.batch import Batch, InputSpec
 from ehrcxr.models import create_model, list_models, model_modalities
+from ehrcxr.models.encoders import EncoderConfig
 from ehrcxr.tasks import TASKS, get_task
 from ehrcxr.training import probabilities, task_loss
 
 INPUTS = InputSpec(ehr_features=20, ehr_masks=15, time_steps=48, image_size=32)
-PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["models"]
+_ALL = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+PARAMS = {name: params_mod.model_params(_ALL, name) for name in _ALL["models"]}
+ENCODERS = EncoderConfig(**_ALL["encoders"])
+
+
+def build(name: str, n_outputs: int = 1) -> torch.nn.Module:
+    """``name`` with the committed params and the default encoder settings."""
+    return create_model(name, INPUTS, n_outputs, ENCODERS, PARAMS[name])
 
 
 def _batch(task_name: str, b: int = 6, films: bool = True, seed: int = 0) -> Batch:
@@ -35,6 +44,7 @@ def _batch(task_name: str, b: int = 6, films: bool = True, seed: int = 0) -> Bat
         ehr_mask=torch.randint(0, 2, (b, INPUTS.time_steps, INPUTS.ehr_masks), generator=g).float(),
         cxr=cxr,
         has_cxr=has,
+        cxr_time=(torch.rand(b, generator=g) * 72 - 24) * has,
         y=y,
         stay_id=torch.arange(b),
     )
@@ -53,9 +63,9 @@ def test_forward_backward_gives_finite_probabilities(
 ) -> None:
     torch.manual_seed(0)
     task = get_task(task_name)
-    model = create_model(name, INPUTS, task.n_outputs, PARAMS[name])
+    model = build(name, task.n_outputs)
     batch = _batch(task_name, films=films)
-    out = model(batch)
+    out = model(batch.without_labels())
     assert out.logits.shape == (6, task.n_outputs)
     p = probabilities(task, out.logits)
     assert torch.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
@@ -73,7 +83,7 @@ def test_forward_backward_gives_finite_probabilities(
 def test_declared_modalities_are_the_inputs_the_model_reads(name: str) -> None:
     """The statistics stage trusts ``modalities`` to tell unimodal from multimodal models."""
     torch.manual_seed(0)
-    model = create_model(name, INPUTS, 1, PARAMS[name]).eval()
+    model = build(name).eval()
     base = _batch("mortality", films=True, seed=1)
     other_ehr = _batch("mortality", films=True, seed=2)
     changed = {
@@ -91,17 +101,17 @@ def test_unknown_params_key_fails_loudly() -> None:
     from ehrcxr.errors import EhrcxrError
 
     with pytest.raises(EhrcxrError, match=r"models\.lstm"):
-        create_model("lstm", INPUTS, 1, {**PARAMS["lstm"], "hiden_size": 3})
+        create_model("lstm", INPUTS, 1, ENCODERS, {**PARAMS["lstm"], "hiden_size": 3})
 
 
 def test_medfuse_ignores_the_zero_image_of_a_missing_film() -> None:
     """A missing film shortens MedFuse's sequence: the zero image has no influence."""
     torch.manual_seed(0)
-    model = create_model("medfuse", INPUTS, 1, PARAMS["medfuse"]).eval()
+    model = build("medfuse").eval()
     batch = _batch("mortality", films=False)
     noisy = Batch(**{**batch.__dict__, "cxr": torch.rand_like(batch.cxr)})
     assert torch.allclose(model(batch).logits, model(noisy).logits)
-    late = create_model("late_fusion", INPUTS, 1, PARAMS["late_fusion"]).eval()
+    late = build("late_fusion").eval()
     assert not torch.allclose(late(batch).logits, late(noisy).logits)  # zero imputation sees it
 
 

@@ -21,51 +21,6 @@ from ehrcxr.tasks import TASKS
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def small_data(small_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """extract → featurize → cache-images of the small source, through the CLI."""
-    root = tmp_path_factory.mktemp("pipeline")
-    params = REPO / "params.yaml"
-    assert (
-        main(
-            [
-                "extract",
-                "--synthetic",
-                str(small_source),
-                "--out",
-                str(root / "extract"),
-                "--params",
-                str(params),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "featurize",
-                "--extract",
-                str(root / "extract"),
-                "--out",
-                str(root / "features"),
-                "--params",
-                str(params),
-            ]
-        )
-        == 0
-    )
-    images = ["--synthetic", str(small_source), "--extract", str(root / "extract")]
-    assert (
-        main(["cache-images", *images, "--out", str(root / "images"), "--params", str(params)]) == 0
-    )
-    return {
-        "root": root,
-        "extract": root / "extract",
-        "features": root / "features",
-        "images": root / "images",
-    }
-
-
 def _params(tmp: Path, **train: object) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update({"max_epochs": 2, "min_epochs": 1, "patience": 1, **train})

@@ -31,11 +31,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``only``, just that subcommand's module is imported (a stage
+    imports what it uses and nothing else: its DVC dependencies list exactly those files)."""
     parser = argparse.ArgumentParser(prog="ehrcxr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ehrcxr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text)
+            continue
         stage = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=stage.__doc__)
         stage.add_arguments(p)
@@ -44,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
     try:
         args._stage.run(args)
     except EhrcxrError as exc:

@@ -8,22 +8,49 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ehrcxr.data.cohort import CohortRules, Splits
-from ehrcxr.data.cxr import ImageRules
-from ehrcxr.data.extraction import ExtractConfig
 from ehrcxr.errors import EhrcxrError
 
 if TYPE_CHECKING:
+    from ehrcxr.data.augment import AugmentConfig
+    from ehrcxr.data.extraction import ExtractConfig
+    from ehrcxr.models.encoders import EncoderConfig
     from ehrcxr.training import TrainConfig, WandbConfig
 
 SOURCES = ("synthetic", "database")
 
 
 def load(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """params.yaml with the selected ``profile``'s overrides applied (see :func:`apply_profile`)."""
     path = Path(path)
     if not path.is_file():
         raise EhrcxrError(f"no params file at {path}")
-    return yaml.safe_load(path.read_text()) or {}
+    return apply_profile(yaml.safe_load(path.read_text()) or {})
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], where: str) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if key not in base:
+            raise EhrcxrError(f"params.yaml {where}.{key}: no such key in the base params")
+        out[key] = _merge(base[key], value, f"{where}.{key}") if isinstance(value, dict) else value
+    return out
+
+
+def apply_profile(params: dict[str, Any]) -> dict[str, Any]:
+    """``profile: <name>`` overlays ``profiles.<name>`` on the base sections (``default``: none).
+
+    One key switches the whole benchmark, e.g. ``dvc exp run -S profile=paper``; an override of
+    a key the base params do not have is an error, so a profile cannot drift from the base.
+    """
+    name = params.get("profile", "default")
+    if name == "default":
+        return params
+    profiles = params.get("profiles") or {}
+    if name not in profiles:
+        raise EhrcxrError(
+            f"params.yaml profile {name!r} is not defined; profiles: default, {', '.join(profiles)}"
+        )
+    return _merge(params, profiles[name] or {}, f"profiles.{name}")
 
 
 def section(params: dict[str, Any], name: str) -> dict[str, Any]:
@@ -58,6 +85,10 @@ def source_params(params: dict[str, Any]) -> SourceParams:
 
 
 def extract_params(params: dict[str, Any]) -> ExtractConfig:
+    from ehrcxr.data.cohort import CohortRules, Splits
+    from ehrcxr.data.cxr import ImageRules
+    from ehrcxr.data.extraction import ExtractConfig
+
     s = dict(section(params, "extract"))
     window = int(s.pop("window_hours"))
     cohort = dict(s.pop("cohort", {}))
@@ -105,9 +136,36 @@ def wandb_config(params: dict[str, Any]) -> WandbConfig:
     return _build(WandbConfig, section(params, "wandb"), "wandb")
 
 
+SEARCH_KEY = "search"  # models.<name>.search: the model's search space (data, not an argument)
+
+
 def model_params(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """The ``models.<name>`` section: the model constructor's keyword arguments."""
+    """The ``models.<name>`` section without its search space: the model's own constructor
+    arguments (its paper's defaults)."""
     models = section(params, "models")
     if name not in models:
         raise EhrcxrError(f"params.yaml has no models.{name} section")
-    return dict(models[name] or {})
+    return {k: v for k, v in (models[name] or {}).items() if k != SEARCH_KEY}
+
+
+def search_space(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """``models.<name>.search``: dimension → {low, high[, prior]} or {choices}; empty: not tuned."""
+    models = section(params, "models")
+    return dict((models.get(name) or {}).get(SEARCH_KEY) or {})
+
+
+def encoder_config(params: dict[str, Any]) -> EncoderConfig:
+    """params.yaml ``encoders``: the encoder settings every model shares."""
+    from ehrcxr.models.encoders import EncoderConfig
+
+    return _build(EncoderConfig, section(params, "encoders"), "encoders")
+
+
+def augment_config(params: dict[str, Any]) -> AugmentConfig:
+    """params.yaml ``augment``: training-film augmentation."""
+    from ehrcxr.data.augment import AugmentConfig
+
+    try:
+        return _build(AugmentConfig, section(params, "augment"), "augment")
+    except ValueError as exc:
+        raise EhrcxrError(f"params.yaml {exc}") from None

@@ -3,6 +3,12 @@
 Losses: BCE-with-logits for mortality and the 25 phenotypes, cross-entropy for length of stay;
 AdamW; early stopping and best-checkpoint selection on the validation selection metric. Models
 return logits; this module turns them into probabilities (sigmoid or softmax) everywhere.
+
+A model may own part of its training (duck-typed hooks, see :class:`ehrcxr.batch.TrainContext`):
+its loss (``training_loss``), its parameter groups or optimisers, a fully manual step
+(``manual_training_step``: this module then switches Lightning to manual optimisation), a
+``prepare`` pass over the unshuffled training split before fitting, and an end-of-epoch hook.
+``forward`` never sees labels: every call passes ``batch.without_labels()``.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 from torch.nn import functional as F
 
-from ehrcxr.batch import Batch
+from ehrcxr.batch import Batch, TrainContext
+from ehrcxr.data.augment import AugmentConfig, augment_films
 from ehrcxr.data.datamodule import DataPaths, EhrCxrDataModule
 from ehrcxr.evaluation.metrics import selection_value
 from ehrcxr.models import create_model
+from ehrcxr.models.encoders import EncoderConfig
 from ehrcxr.tasks import Task
 
 MONITOR = "val/selection"
@@ -41,62 +49,146 @@ def probabilities(task: Task, logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=-1) if task.kind == "multiclass" else logits.sigmoid()
 
 
+def default_training_loss(model: nn.Module, batch: Batch, ctx: TrainContext) -> torch.Tensor:
+    """Task loss of the model's logits, plus its label-free auxiliary loss if it has one."""
+    out = model(batch.without_labels())
+    loss = ctx.loss_fn(out.logits, batch.y)
+    return loss if out.aux_loss is None else loss + out.aux_loss
+
+
+def gather_unique(
+    module: L.LightningModule, stay_id: torch.Tensor, *values: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Concatenate per-process rows over all processes and drop the duplicates a distributed
+    sampler pads with (by stay id, first occurrence). One process: the rows as they are."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return (stay_id, *values)
+    gathered = [module.all_gather(t) for t in (stay_id, *values)]  # [W, N, …]
+    flat = [g.reshape(-1, *g.shape[2:]) for g in gathered]
+    ids = flat[0].cpu().numpy()
+    _, first = np.unique(ids, return_index=True)
+    keep = torch.as_tensor(np.sort(first), device=flat[0].device)
+    return tuple(f[keep] for f in flat)
+
+
 class TrainModule(L.LightningModule):
     """Wraps a plain ``nn.Module`` (Batch → ModelOutput) with the task's loss and metrics."""
 
-    def __init__(self, model: nn.Module, task: Task, lr: float, weight_decay: float) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        lr: float,
+        weight_decay: float,
+        augment: AugmentConfig,
+        prepare_loader: Any = None,
+    ) -> None:
         super().__init__()
         self.model, self.task = model, task
         self.lr, self.weight_decay = lr, weight_decay
-        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.augment = augment
+        self.prepare_loader = prepare_loader  # unshuffled training split, for model.prepare
+        self.automatic_optimization = not hasattr(model, "manual_training_step")
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
+    # ---- batches -------------------------------------------------------------------------------
     def transfer_batch_to_device(
         self, batch: Batch, device: torch.device, dataloader_idx: int
     ) -> Batch:
         return batch.to(device)
 
-    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(batch)
-        loss = task_loss(self.task, out.logits, batch.y)
-        if out.aux_loss is not None:
-            loss = loss + out.aux_loss
-        return loss, out.logits
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if self.trainer is not None and self.trainer.training:
+            return dataclasses.replace(
+                batch, cxr=augment_films(batch.cxr, batch.has_cxr, self.augment)
+            )
+        return batch
+
+    def context(self) -> TrainContext:
+        trainer = self.trainer
+        optimizers = [] if self.automatic_optimization else list(_as_list(self.optimizers()))
+        return TrainContext(
+            task=self.task,
+            loss_fn=lambda logits, y: task_loss(self.task, logits, y),
+            epoch=self.current_epoch,
+            max_epochs=int(trainer.max_epochs) if trainer and trainer.max_epochs else 0,
+            step=int(self.global_step),
+            log=self._log_scalar,
+            optimizers=optimizers,
+            backward=self.manual_backward,
+        )
+
+    def _log_scalar(self, name: str, value: torch.Tensor | float) -> None:
+        self.log(name, value, on_step=False, on_epoch=True, sync_dist=True)
 
     def _log_epoch_loss(self, name: str, loss: torch.Tensor, batch: Batch) -> None:
         """The epoch mean of a loss, weighted by batch size and averaged over processes."""
-        self.log(
-            name, loss, on_step=False, on_epoch=True, batch_size=len(batch.stay_id), sync_dist=True
-        )
+        self.log(name, loss, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch)
+    # ---- fitting -------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        prepare = getattr(self.model, "prepare", None)
+        if prepare is not None and self.prepare_loader is not None:
+            device = self.device
+            with torch.no_grad():
+                prepare(batch.to(device) for batch in self.prepare_loader)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        ctx = self.context()
+        if not self.automatic_optimization:
+            loss = self.model.manual_training_step(batch, ctx)
+            self._log_epoch_loss("train/loss", loss.detach(), batch)
+            return None
+        own = getattr(self.model, "training_loss", None)
+        loss = own(batch, ctx) if own is not None else default_training_loss(self.model, batch, ctx)
         self._log_epoch_loss("train/loss", loss, batch)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        hook = getattr(self.model, "on_train_epoch_end", None)
+        if hook is not None:
+            hook(self.context())
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        loss, logits = self._loss(batch)
-        self._log_epoch_loss("val/loss", loss, batch)
-        self._val.append((probabilities(self.task, logits).detach().cpu(), batch.y.detach().cpu()))
+        logits = self.model(batch.without_labels()).logits
+        self._log_epoch_loss("val/loss", task_loss(self.task, logits, batch.y), batch)
+        self._val.append(
+            (batch.stay_id.detach(), probabilities(self.task, logits).detach(), batch.y.detach())
+        )
 
     def on_validation_epoch_end(self) -> None:
-        p = torch.cat([v[0] for v in self._val]).numpy()
-        y = torch.cat([v[1] for v in self._val]).numpy()
+        stay = torch.cat([v[0] for v in self._val])
+        p = torch.cat([v[1] for v in self._val])
+        y = torch.cat([v[2] for v in self._val])
         self._val.clear()
-        value = selection_value(self.task.kind, y, p)
-        # Every process computes the metric on its own shard; the mean is what all of them log.
-        self.log(MONITOR, float(np.nan_to_num(value, nan=0.0)), sync_dist=True)
+        # Under DDP each process holds a shard (padded by the sampler): the metric is computed on
+        # the gathered, de-duplicated validation set, the same value on every process.
+        _, p, y = gather_unique(self, stay, p, y)
+        value = selection_value(self.task.kind, y.cpu().numpy(), p.float().cpu().numpy())
+        self.log(
+            MONITOR, float(np.nan_to_num(value, nan=0.0)), sync_dist=False, rank_zero_only=False
+        )
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         return {
             "stay_id": batch.stay_id,
-            "p": probabilities(self.task, self.model(batch).logits),
+            "p": probabilities(self.task, self.model(batch.without_labels()).logits),
             "y": batch.y,
         }
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay
+    def configure_optimizers(self) -> torch.optim.Optimizer | list[torch.optim.Optimizer]:
+        own = getattr(self.model, "configure_optimizers", None)
+        if own is not None:
+            return own(self.lr, self.weight_decay)
+        groups = getattr(self.model, "optimizer_groups", None)
+        params = (
+            groups(self.lr, self.weight_decay) if groups is not None else self.model.parameters()
         )
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+
+def _as_list(x: Any) -> list:
+    return x if isinstance(x, list | tuple) else [x]
 
 
 class CurveRecorder(Callback):
@@ -173,14 +265,23 @@ def _logger(wandb_cfg: WandbConfig, run_name: str, group: str, config: dict[str,
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What one training run is: model and its settings, task, cohort, data."""
+
+    model_name: str
+    model_params: dict[str, Any]
+    encoders: EncoderConfig
+    task: Task
+    cohort: str
+    paths: DataPaths
+    train: TrainConfig
+    augment: AugmentConfig
+
+
 def train_one(
-    model_name: str,
-    model_params: dict[str, Any],
-    task: Task,
-    cohort: str,
+    spec: RunSpec,
     seed: int,
-    paths: DataPaths,
-    cfg: TrainConfig,
     wandb_cfg: WandbConfig,
     checkpoint_dir: Path,
     fast_dev_run: bool = False,
@@ -190,25 +291,43 @@ def train_one(
     Under multi-process data parallelism every process trains; only rank 0 predicts and returns,
     the others return None.
     """
+    cfg = spec.train
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_num_threads(cfg.threads)
     data = EhrCxrDataModule(
-        paths, task, cohort, cfg.batch_size, cfg.missing_ratio, cfg.missing_splits, seed
+        spec.paths,
+        spec.task,
+        spec.cohort,
+        cfg.batch_size,
+        cfg.missing_ratio,
+        cfg.missing_splits,
+        seed,
     )
-    model = create_model(model_name, data.inputs, task.n_outputs, model_params)
-    module = TrainModule(model, task, cfg.lr, cfg.weight_decay)
-    run_name = f"{model_name}-{task.name}-{cohort}-seed{seed}"
+    model = create_model(
+        spec.model_name, data.inputs, spec.task.n_outputs, spec.encoders, spec.model_params
+    )
+    module = TrainModule(
+        model,
+        spec.task,
+        cfg.lr,
+        cfg.weight_decay,
+        spec.augment,
+        prepare_loader=data.predict_loader("train") if hasattr(model, "prepare") else None,
+    )
+    run_name = f"{spec.model_name}-{spec.task.name}-{spec.cohort}-seed{seed}"
     logger = _logger(
         wandb_cfg,
         run_name,
-        f"{model_name}-{task.name}-{cohort}",
+        f"{spec.model_name}-{spec.task.name}-{spec.cohort}",
         {
-            "model": model_name,
-            "task": task.name,
-            "cohort": cohort,
+            "model": spec.model_name,
+            "task": spec.task.name,
+            "cohort": spec.cohort,
             "seed": seed,
-            "params": model_params,
+            "params": spec.model_params,
+            "encoders": dataclasses.asdict(spec.encoders),
             "train": dataclasses.asdict(cfg),
+            "augment": dataclasses.asdict(spec.augment),
         },
     )
     checkpoint = ModelCheckpoint(
@@ -247,22 +366,26 @@ def train_one(
         return None
     if checkpoint.best_model_path:  # fast_dev_run saves no checkpoint: predict with last weights
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
-        module.load_state_dict(best["state_dict"])
-    predictions = predict(module, data, seed)
+        module.load_state_dict(best["state_dict"])  # strict: parameters exist from __init__ on
+    # Lightning moves the module back to the CPU after fit; predict on the training device.
+    predictions = predict(module, data, seed, trainer.strategy.root_device)
     return predictions, pd.DataFrame(curves.rows).assign(seed=seed)
 
 
 @torch.no_grad()
-def predict(module: TrainModule, data: EhrCxrDataModule, seed: int) -> pd.DataFrame:
+def predict(
+    module: TrainModule, data: EhrCxrDataModule, seed: int, device: torch.device | str = "cpu"
+) -> pd.DataFrame:
     """Probabilities of the val and test stays on one process (no sampler padding)."""
-    module.eval()
+    module.to(device).eval()
     frames = []
     task = module.task
     for split in ("val", "test"):
         parts = [
-            module.predict_step(batch, i) for i, batch in enumerate(data.predict_loader(split))
+            {k: v.cpu() for k, v in module.predict_step(batch.to(device), i).items()}
+            for i, batch in enumerate(data.predict_loader(split))
         ]
-        p = torch.cat([x["p"] for x in parts]).numpy()
+        p = torch.cat([x["p"] for x in parts]).float().numpy()
         y = torch.cat([x["y"] for x in parts]).numpy()
         frame = pd.DataFrame(
             {

@@ -40,6 +40,7 @@ class Arrays:
     ehr_mask: torch.Tensor  # float32 [N, T, M]
     cxr: torch.Tensor  # uint8 [K, H, W] distinct films
     cxr_row: torch.Tensor  # int64 [N], row into cxr, -1 without a film
+    cxr_time: torch.Tensor  # float32 [N] hours from ICU admission to the film (0 without one)
     y: torch.Tensor  # float32 [N, C] or int64 [N]
     stay_id: torch.Tensor  # int64 [N]
     split: np.ndarray  # str [N]
@@ -61,6 +62,8 @@ def load_arrays(paths: DataPaths, task: Task, cohort: str) -> tuple[Arrays, Inpu
     film_row = pd.Series(index["row"].to_numpy(), index=index["stay_id"].to_numpy())
     sel = table[keep]
     cxr_row = sel["stay_id"].map(film_row).fillna(-1).to_numpy(dtype=np.int64, copy=True)
+    hours = (sel["cxr_time"] - sel["intime"]).dt.total_seconds().to_numpy(dtype=np.float64) / 3600
+    cxr_time = np.where(cxr_row >= 0, np.nan_to_num(hours, nan=0.0), 0.0).astype(np.float32)
     if task.kind == "multiclass":
         y = torch.as_tensor(sel[task.labels[0]].to_numpy().astype(np.int64))
     else:
@@ -71,15 +74,19 @@ def load_arrays(paths: DataPaths, task: Task, cohort: str) -> tuple[Arrays, Inpu
         ehr_mask=torch.as_tensor(values[:, :, n_values:]),
         cxr=torch.as_tensor(images),
         cxr_row=torch.as_tensor(cxr_row),
+        cxr_time=torch.as_tensor(cxr_time),
         y=y,
         stay_id=torch.as_tensor(sel["stay_id"].to_numpy().astype(np.int64)),
         split=sel["split"].to_numpy().astype(str),
     )
+    value_index = {name: i for i, name in enumerate(meta["value_names"])}
     spec = InputSpec(
         ehr_features=n_values,
         ehr_masks=values.shape[2] - n_values,
         time_steps=values.shape[1],
         image_size=int(images.shape[1]) if images.ndim == 3 and len(images) else 0,
+        # features.json names mask channel m ``<value name>_mask``
+        mask_feature=tuple(value_index[m.removesuffix("_mask")] for m in meta["mask_names"]),
     )
     return arrays, spec
 
@@ -114,6 +121,8 @@ class _Collate:
         idx = torch.as_tensor(indices, dtype=torch.long)
         rows = self.cxr_row[idx]
         has = rows >= 0
+        # A removed film takes its time with it (the sweep's missing ratio removes both).
+        cxr_time = torch.where(has, self.a.cxr_time[idx], 0.0)
         if len(self.a.cxr):
             films = self.a.cxr[rows.clamp(min=0)].float().div_(255.0).unsqueeze(1)
             films[~has] = 0.0
@@ -124,6 +133,7 @@ class _Collate:
             ehr_mask=self.a.ehr_mask[idx],
             cxr=films,
             has_cxr=has,
+            cxr_time=cxr_time,
             y=self.a.y[idx],
             stay_id=self.a.stay_id[idx],
         )
@@ -153,7 +163,7 @@ class EhrCxrDataModule(L.LightningDataModule):
     def indices(self, split: str) -> list[int]:
         return np.flatnonzero(self.arrays.split == split).tolist()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, drop_last: bool = False) -> DataLoader:
         idx = self.indices(split)
         if not idx:
             raise EhrcxrError(f"the {self.cohort} cohort has no {split} stays")
@@ -164,11 +174,14 @@ class EhrCxrDataModule(L.LightningDataModule):
             shuffle=shuffle,
             collate_fn=self.collate,
             generator=generator,
-            drop_last=False,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # An incomplete last batch is dropped: a batch of one breaks BatchNorm1d in training.
+        return self._loader(
+            "train", shuffle=True, drop_last=len(self.indices("train")) > self.batch_size
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

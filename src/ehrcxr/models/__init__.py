@@ -1,10 +1,13 @@
 """Plain ``nn.Module`` models, one file each, registered by name (see registry.py).
 
-Every model maps a :class:`ehrcxr.batch.Batch` to :class:`ehrcxr.batch.ModelOutput` (logits,
-optional auxiliary loss); the training module turns logits into probabilities.
+Every model maps a :class:`ehrcxr.batch.Batch` (without labels) to
+:class:`ehrcxr.batch.ModelOutput` (logits, optional label-free auxiliary loss); the training
+module turns logits into probabilities. A model may own part of its training through the
+duck-typed hooks listed in :class:`ehrcxr.batch.TrainContext`.
 """
 
 from ehrcxr.models.registry import (
+    broken_models,
     create_model,
     get_model_class,
     is_multimodal,
@@ -14,6 +17,7 @@ from ehrcxr.models.registry import (
 )
 
 __all__ = [
+    "broken_models",
     "create_model",
     "get_model_class",
     "is_multimodal",

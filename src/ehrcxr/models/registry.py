@@ -1,15 +1,19 @@
 """Models by name: ``@register_model("lstm", ("ehr",))``, ``create_model``, ``list_models()``.
 
-The registry name is the file name, the params.yaml section (``models.<name>``) and the DVC stage
-id part. Constructors take explicit, typed arguments; an unknown params key is a TypeError.
-Each model declares the modalities it reads (``ehr``, ``cxr``): the evaluation compares every
-multimodal model with the best unimodal one.
+The registry name is the module's file name, the params.yaml section (``models.<name>``) and
+the DVC stage id part, so a train stage imports exactly one model module (``get_model_class``)
+and lists exactly that file among its dependencies. Constructors take explicit, typed
+arguments: ``inputs``, ``n_outputs``, ``encoders`` (the shared settings, params.yaml
+``encoders``) and the model's own keys. Each model declares the modalities it reads (``ehr``,
+``cxr``): the evaluation compares every multimodal model with the best unimodal one.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +21,13 @@ from torch import nn
 
 from ehrcxr.batch import InputSpec
 from ehrcxr.errors import EhrcxrError
+from ehrcxr.models.encoders import EncoderConfig
 
 MODALITIES = ("ehr", "cxr")
+NOT_MODELS = ("registry", "encoders")  # modules of the package that hold no model
 _REGISTRY: dict[str, type[nn.Module]] = {}
 _MODALITIES: dict[str, tuple[str, ...]] = {}
+_BROKEN: dict[str, str] = {}  # module name → the last line of its import error
 
 
 def register_model(
@@ -30,7 +37,7 @@ def register_model(
         raise ValueError(f"model {name!r}: modalities must be a non-empty subset of {MODALITIES}")
 
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _REGISTRY:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = cls
         _MODALITIES[name] = tuple(m for m in MODALITIES if m in modalities)
@@ -40,23 +47,51 @@ def register_model(
     return wrap
 
 
-def _load_all() -> None:
+def model_modules() -> list[str]:
+    """Names of the package's model modules (= registry names)."""
     import ehrcxr.models as package
 
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("registry", "encoders"):
-            importlib.import_module(f"ehrcxr.models.{info.name}")
+    return sorted(
+        info.name for info in pkgutil.iter_modules(package.__path__) if info.name not in NOT_MODELS
+    )
+
+
+def _import(name: str) -> bool:
+    """Import ``ehrcxr.models.<name>``; a failure is recorded by name, never raised."""
+    if name in _REGISTRY:
+        return True
+    if name in _BROKEN:
+        return False
+    try:
+        importlib.import_module(f"ehrcxr.models.{name}")
+    except Exception as exc:  # a broken model module must not take the others down
+        last = traceback.format_exception_only(exc)[-1].strip()
+        _BROKEN[name] = last
+        return False
+    return True
 
 
 def list_models() -> list[str]:
-    _load_all()
+    """Every model that imports; see :func:`broken_models` for those that do not."""
+    for name in model_modules():
+        _import(name)
     return sorted(_REGISTRY)
 
 
+def broken_models() -> dict[str, str]:
+    """Model modules that failed to import: name → the error's last line."""
+    list_models()
+    return dict(_BROKEN)
+
+
 def get_model_class(name: str) -> type[nn.Module]:
-    _load_all()
+    """The class registered as ``name``, importing only its own module."""
+    if name in model_modules():
+        _import(name)
+    if name in _BROKEN:
+        raise EhrcxrError(f"model {name!r} failed to import: {_BROKEN[name]}")
     if name not in _REGISTRY:
-        raise EhrcxrError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+        raise EhrcxrError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     return _REGISTRY[name]
 
 
@@ -70,10 +105,40 @@ def is_multimodal(name: str) -> bool:
     return len(model_modalities(name)) > 1
 
 
-def create_model(name: str, inputs: InputSpec, n_outputs: int, params: dict[str, Any]) -> nn.Module:
-    """Build ``name`` with its params.yaml section; unknown keys fail loudly."""
+def model_arguments(name: str) -> dict[str, inspect.Parameter]:
+    """The model's own constructor arguments (its params.yaml keys)."""
+    signature = inspect.signature(get_model_class(name).__init__)
+    shared = {"self", "inputs", "n_outputs", "encoders"}
+    return {k: v for k, v in signature.parameters.items() if k not in shared}
+
+
+def check_model_params(name: str, params: dict[str, Any]) -> None:
+    """Unknown or missing keys of ``models.<name>`` fail here, before any construction."""
+    arguments = model_arguments(name)
+    unknown = sorted(set(params) - set(arguments))
+    if unknown:
+        raise EhrcxrError(
+            f"params.yaml models.{name}: unknown key(s) {unknown}; known: {sorted(arguments)}"
+        )
+    missing = sorted(
+        k for k, p in arguments.items() if p.default is inspect.Parameter.empty and k not in params
+    )
+    if missing:
+        raise EhrcxrError(f"params.yaml models.{name}: missing key(s) {missing}")
+
+
+def create_model(
+    name: str,
+    inputs: InputSpec,
+    n_outputs: int,
+    encoders: EncoderConfig,
+    params: dict[str, Any],
+) -> nn.Module:
+    """Build ``name`` with the shared encoder settings and its params.yaml section.
+
+    Keys are checked against the constructor first, so an error raised inside the
+    constructor is the model's own, not reported as a params error.
+    """
     cls = get_model_class(name)
-    try:
-        return cls(inputs=inputs, n_outputs=n_outputs, **params)
-    except TypeError as exc:
-        raise EhrcxrError(f"models.{name} in params.yaml: {exc}") from None
+    check_model_params(name, params)
+    return cls(inputs=inputs, n_outputs=n_outputs, encoders=encoders, **params)

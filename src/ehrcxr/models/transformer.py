@@ -1,7 +1,7 @@
 """EHR-only Transformer baseline.
 
 Vaswani et al., "Attention Is All You Need", NeurIPS 2017: a Transformer encoder over the 48
-hourly steps, mean-pooled.
+hourly steps, mean-pooled (CareBench paper, §4.1: 4 heads, 1 layer, d = 256).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ehrcxr.batch import Batch, InputSpec, ModelOutput
-from ehrcxr.models.encoders import EhrTransformerEncoder
+from ehrcxr.models.encoders import EncoderConfig, ehr_transformer
 from ehrcxr.models.registry import register_model
 
 
@@ -17,20 +17,10 @@ from ehrcxr.models.registry import register_model
 class Transformer(nn.Module):
     """ehr_input [B, T, F + M] → Transformer encoder → mean over T [B, d] → logits [B, C]."""
 
-    def __init__(
-        self,
-        inputs: InputSpec,
-        n_outputs: int,
-        d_model: int = 256,
-        n_heads: int = 4,
-        n_layers: int = 1,
-        dropout: float = 0.2,
-    ) -> None:
+    def __init__(self, inputs: InputSpec, n_outputs: int, encoders: EncoderConfig) -> None:
         super().__init__()
-        self.encoder = EhrTransformerEncoder(
-            inputs.ehr_channels, inputs.time_steps, d_model, n_heads, n_layers, dropout
-        )
-        self.head = nn.Linear(d_model, n_outputs)
+        self.encoder = ehr_transformer(inputs, encoders)
+        self.head = nn.Linear(encoders.dim, n_outputs)
 
     def forward(self, batch: Batch) -> ModelOutput:
         return ModelOutput(logits=self.head(self.encoder(batch.ehr_input)))

@@ -53,34 +53,29 @@ def run(args: argparse.Namespace) -> None:
     from ehrcxr.data.datamodule import DataPaths
     from ehrcxr.io import atomic_path
     from ehrcxr.tasks import get_task
-    from ehrcxr.training import train_one
+    from ehrcxr.training import RunSpec, train_one
 
     params = params_mod.load(args.params)
     cfg = params_mod.train_config(params)
     if args.missing_ratio is not None:
         cfg = dataclasses.replace(cfg, missing_ratio=args.missing_ratio)
     wandb_cfg = params_mod.wandb_config(params)
-    model_params = params_mod.model_params(params, args.model)
-    task = get_task(args.task)
-    paths = DataPaths(Path(args.extract), Path(args.features), Path(args.images))
+    spec = RunSpec(
+        model_name=args.model,
+        model_params=params_mod.model_params(params, args.model),
+        encoders=params_mod.encoder_config(params),
+        task=get_task(args.task),
+        cohort=args.cohort,
+        paths=DataPaths(Path(args.extract), Path(args.features), Path(args.images)),
+        train=cfg,
+        augment=params_mod.augment_config(params),
+    )
     start = time.perf_counter()
     # Not atomic: under DDP every process writes here (rank 0 saves the checkpoints).
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = [
-        train_one(
-            args.model,
-            model_params,
-            task,
-            args.cohort,
-            seed,
-            paths,
-            cfg,
-            wandb_cfg,
-            out,
-            fast_dev_run=args.fast_dev_run,
-        )
-        for seed in cfg.seeds
+        train_one(spec, seed, wandb_cfg, out, fast_dev_run=args.fast_dev_run) for seed in cfg.seeds
     ]
     if any(r is None for r in runs):
         return  # a non-zero DDP rank: rank 0 writes the outputs
