@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from ehrcxr.data import features
@@ -60,7 +61,19 @@ def test_imputation_masks_and_training_statistics() -> None:
     assert np.allclose(hr[2], [1000, 1000, 1000, 1000])
     assert fs.tensor[:, :, 3].tolist() == [[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 0, 0]]  # hr mask
     assert fs.tensor[0, :, 2].tolist() == [0, 0, 1, 0]  # indicator: 0 when absent, unscaled
-    assert fs.iqr["rare"] == 1.0  # a single training value: IQR 0 → 1
+    assert fs.iqr["rare"] == 0.0 and fs.scale["rare"] == 1.0  # one training value: scale 1
+    assert fs.scale["hr"] == 30.0  # the IQR, larger than the winsorised σ (22.4)
+
+
+def test_a_nearly_constant_feature_is_not_blown_up() -> None:
+    """MIMIC's uo_tm_12hr is 12 in most hours (IQR 0.01): IQR scaling alone gives −1,200."""
+    names = ["tm"]
+    values = [12.0] * 80 + [11.99] * 10 + [0.0] * 5 + [15.0] * 5
+    rows = {1: {h: {"tm": v} for h, v in enumerate(values)}}
+    fs = features.build(_hourly(rows, names), np.array([1]), np.array([True]), names, [], 100, 0.9)
+    assert fs.iqr["tm"] == pytest.approx(0.0) or fs.iqr["tm"] < 0.02
+    assert fs.scale["tm"] > 1.0  # the winsorised σ
+    assert np.abs(fs.tensor[0, :, 0]).max() < 10
 
 
 def test_features_missing_too_often_are_dropped() -> None:

@@ -122,3 +122,21 @@ def test_resnet_imagenet_weights_use_torchvision_weights_api() -> None:
         CxrResNetEncoder(18, "chexpert", 8)
     with pytest.raises(ValueError, match="depth"):
         CxrResNetEncoder(101, "none", 8)
+    with pytest.raises(ValueError, match="width 64"):
+        CxrResNetEncoder(18, "imagenet", 8, width=16)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_slim_resnet_is_torchvision_resnet_with_narrower_stages(depth: int) -> None:
+    import torchvision
+
+    from ehrcxr.models.encoders import resnet_backbone, resnet_stage_channels
+
+    standard = resnet_backbone(depth, "none")
+    slim = resnet_backbone(depth, "none", width=16)
+    reference = getattr(torchvision.models, f"resnet{depth}")()
+    assert [n for n, _ in standard.named_modules()] == [n for n, _ in reference.named_modules()]
+    assert [n for n, _ in slim.named_modules()] == [n for n, _ in standard.named_modules()]
+    assert resnet_stage_channels(slim) == [c // 4 for c in resnet_stage_channels(standard)]
+    x = torch.rand(2, 3, 48, 48)
+    assert slim(x).shape == (2, resnet_stage_channels(slim)[-1])

@@ -169,23 +169,38 @@ def test_wandb_offline_run_holds_the_metric_history(
 def test_two_process_ddp_on_cpu_gives_the_same_file_format(
     small_data: dict[str, Path], tmp_path: Path
 ) -> None:
+    """Two CPU processes (gloo): the same predictions file; the validation selection metric is
+    computed on the gathered, de-duplicated validation set — it equals the metric of the
+    predictions rank 0 writes for the val split (one epoch: the best checkpoint is that epoch)."""
+    from ehrcxr.evaluation.metrics import selection_value
+    from ehrcxr.tasks import get_task
+
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     outs = {}
     for folder, devices, strategy in ((single, 1, "auto"), (ddp, 2, "ddp")):
         folder.mkdir()
-        params = _params(folder, devices=devices, strategy=strategy, threads=1)
+        params = _params(
+            folder, devices=devices, strategy=strategy, threads=1, max_epochs=1, min_epochs=1
+        )
         env = {**os.environ, "WANDB_MODE": "disabled"}
         cmd = [
             sys.executable,
             "-m",
             "ehrcxr.cli",
-            *_train_args(small_data, folder, "transformer", "mortality", "matched", params),
+            *_train_args(small_data, folder, "late_fusion", "mortality", "base", params),
         ]
         done = subprocess.run(
             cmd, env=env, capture_output=True, text=True, timeout=600, check=False
         )
         assert done.returncode == 0, done.stderr[-2000:]
         outs[devices] = pd.read_parquet(folder / "pred.parquet")
+        val = outs[devices][outs[devices]["split"] == "val"]
+        task = get_task("mortality")
+        expected = selection_value(
+            task.kind, val[task.label_columns].to_numpy()[:, 0], val[task.prob_columns].to_numpy()
+        )
+        logged = pd.read_csv(folder / "curves.csv")["val_selection"].iloc[0]
+        assert logged == pytest.approx(expected, abs=1e-5), (devices, logged, expected)
     assert list(outs[1].columns) == list(outs[2].columns)
     assert sorted(outs[1]["stay_id"]) == sorted(outs[2]["stay_id"])  # no sampler padding
 

@@ -345,7 +345,9 @@ def train_one(
         min_epochs=cfg.min_epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        strategy=cfg.strategy,
+        # Under DDP, parameters a step does not use (a boosting classifier not yet active, a
+        # projection of films when a batch has none) must not stall the gradient reduction.
+        strategy="ddp_find_unused_parameters_true" if cfg.strategy == "ddp" else cfg.strategy,
         deterministic=True,
         logger=logger,
         callbacks=[EarlyStopping(MONITOR, mode="max", patience=cfg.patience), checkpoint, curves],

@@ -24,6 +24,7 @@ SMALL_ENCODERS = EncoderConfig(
     lstm_bidirectional=True,
     resnet_depth=18,
     resnet_weights="none",
+    resnet_width=16,
 )
 
 

@@ -6,7 +6,13 @@ Steps, all statistics from the training split only:
 2. mask channel per kept non-indicator feature: 1 where a value was measured in that hour;
 3. forward fill within the stay (never backwards: no look-ahead), then the training median;
    indicators are not filled: an hour without that rhythm charted is 0;
-4. (x − median) / IQR with training statistics (IQR 0 → 1); indicators are not scaled.
+4. (x − median) / scale with training statistics, scale = max(IQR, σ_w) where σ_w is the
+   standard deviation of the training values winsorised at their 1st and 99th percentiles (both
+   0 → 1); indicators are not scaled. For most features the IQR is the larger (it is 1.35 σ for
+   normal data), so this is the protocol's robust scaling. The guard is for nearly constant
+   features: MIMIC's ``kdigo_uo.uo_tm_12hr`` is 12 h in most hours, its IQR is 0.01, and plain
+   IQR scaling turns a 0 into −1,200 — an input that swamps every other channel (it made
+   MedFuse's raw-input LSTM blind to the EHR).
 
 Result: float32 [N, T, F + M] — F kept feature values, then M masks — with stays in cohort order.
 """
@@ -27,6 +33,7 @@ class FeatureSet:
     mask_names: list[str]  # M
     median: dict[str, float]
     iqr: dict[str, float]
+    scale: dict[str, float]  # the divisor: max(IQR, winsorised σ), 1 when both are 0
     dropped: list[str]
     missing_fraction: dict[str, float]  # per feature, over training stay-hours
 
@@ -69,7 +76,7 @@ def build(
     raw = raw[:, :, [names.index(n) for n in kept]]
     is_ind = np.array([n in indicators for n in kept])
     masks = (~np.isnan(raw[:, :, ~is_ind])).astype(np.float32)
-    median, iqr = {}, {}
+    median, iqr, scale = {}, {}, {}
     x = forward_fill(raw)
     for i, n in enumerate(kept):
         if is_ind[i]:
@@ -79,9 +86,10 @@ def build(
         observed = raw[train, :, i]
         observed = observed[~np.isnan(observed)]
         med = float(np.median(observed)) if observed.size else 0.0
-        q1, q3 = np.percentile(observed, [25, 75]) if observed.size else (0.0, 0.0)
-        spread = float(q3 - q1) or 1.0
-        median[n], iqr[n] = med, spread
+        q1, q3, p1, p99 = np.percentile(observed, [25, 75, 1, 99]) if observed.size else (0,) * 4
+        winsorised_sd = float(np.clip(observed, p1, p99).std()) if observed.size else 0.0
+        spread = max(float(q3 - q1), winsorised_sd) or 1.0
+        median[n], iqr[n], scale[n] = med, float(q3 - q1), spread
         col = x[:, :, i]
         col[np.isnan(col)] = med
         x[:, :, i] = (col - med) / spread
@@ -93,6 +101,7 @@ def build(
         mask_names=[f"{n}_mask" for n in np.array(kept)[~is_ind]],
         median=median,
         iqr=iqr,
+        scale=scale,
         dropped=dropped,
         missing_fraction=missing,
     )

@@ -87,7 +87,9 @@ class Daft(nn.Module):
     ) -> None:
         super().__init__()
         self.ehr = ehr_transformer(inputs, encoders)
-        self.cxr = resnet_backbone(encoders.resnet_depth, encoders.resnet_weights)
+        self.cxr = resnet_backbone(
+            encoders.resnet_depth, encoders.resnet_weights, encoders.resnet_width
+        )
         if stage not in (1, 2, 3, 4):
             raise ValueError(f"stage must be one of layer1 … layer4 (1-4), not {stage}")
         layer = resnet_stages(self.cxr)[stage]

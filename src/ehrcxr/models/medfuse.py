@@ -48,7 +48,9 @@ class MedFuse(nn.Module):
             dropout=encoders.dropout if ehr_layers > 1 else 0.0,
         )
         self.ehr_dropout = nn.Dropout(encoders.dropout)
-        self.cxr = resnet_backbone(encoders.resnet_depth, encoders.resnet_weights)
+        self.cxr = resnet_backbone(
+            encoders.resnet_depth, encoders.resnet_weights, encoders.resnet_width
+        )
         self.project = nn.Linear(resnet_stage_channels(self.cxr)[-1], d)  # ϕ
         self.fusion = nn.LSTM(d, fusion_hidden, batch_first=True)
         self.head = nn.Linear(fusion_hidden, n_outputs)

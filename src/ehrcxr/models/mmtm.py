@@ -90,7 +90,9 @@ class Mmtm(nn.Module):
             raise ValueError(f"ratio must be positive, not {ratio}")
         self.stages = stages
         d = encoders.dim
-        self.cnn = resnet_backbone(encoders.resnet_depth, encoders.resnet_weights)
+        self.cnn = resnet_backbone(
+            encoders.resnet_depth, encoders.resnet_weights, encoders.resnet_width
+        )
         channels = resnet_stage_channels(self.cnn)
         # Unidirectional, so that a gated sequence is an ordinary input to the next layer and the
         # last step summarises the stay (MedFuse's and the CareBench MMTM's EHR branch).

@@ -5,8 +5,9 @@ Reads ``--extract`` (cohort.parquet, hourly.parquet); writes to ``--out``:
 - ``ehr.npy``: float32 [N, T, F + M], stays in cohort order (stay_id ascending): F feature values
   (scaled), then M mask channels (1 = measured in that hour);
 - ``stays.csv``: ``row, stay_id, split`` — the row of each stay in ``ehr.npy``;
-- ``features.json``: ``value_names`` (F), ``mask_names`` (M), training ``median`` and ``iqr`` per
-  feature, ``dropped`` features, training ``missing_fraction`` per feature.
+- ``features.json``: ``value_names`` (F), ``mask_names`` (M), training ``median``, ``iqr`` and
+  ``scale`` (the divisor: max(IQR, winsorised σ)) per feature, ``dropped`` features, training
+  ``missing_fraction`` per feature.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> None:
             "mask_names": fs.mask_names,
             "median": fs.median,
             "iqr": fs.iqr,
+            "scale": fs.scale,
             "dropped": fs.dropped,
             "missing_fraction": fs.missing_fraction,
         }
