@@ -128,3 +128,52 @@ def planted_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "features": root / "features",
         "images": root / "images",
     }
+
+
+class PlantedRuns:
+    """Phenotyping runs on the planted source, trained once per (model, cohort, missing ratio)
+    through ``ehrcxr train`` and shared by the known-answer tests and the harness."""
+
+    SEED = 11
+
+    def __init__(self, data: dict[str, Path]) -> None:
+        import yaml
+
+        self.data = data
+        self.root = data["root"] / "runs"
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        # The default profile trained long enough to learn the planted signal (CI-sized).
+        params["train"].update(
+            {"max_epochs": 12, "min_epochs": 4, "patience": 6, "batch_size": 32, "lr": 0.003}
+        )
+        params["train"]["seeds"] = [self.SEED]
+        params["wandb"].update({"mode": "disabled", "dir": str(self.root)})
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.params = self.root / "params.yaml"
+        self.params.write_text(yaml.safe_dump(params))
+        self.seconds: dict[str, float] = {}
+
+    def predictions(self, model: str, cohort: str = "matched", ratio: float = 0.0) -> pd.DataFrame:
+        import time
+
+        from ehrcxr.cli import main
+
+        run = f"{model}-{cohort}-{ratio}"
+        out = self.root / f"{run}.parquet"
+        if not out.exists():
+            start = time.perf_counter()
+            args = [
+                "train", "--model", model, "--task", "phenotype", "--cohort", cohort,
+                "--missing-ratio", str(ratio), "--extract", str(self.data["extract"]),
+                "--features", str(self.data["features"]), "--images", str(self.data["images"]),
+                "--out", str(self.root / run), "--predictions", str(out),
+                "--params", str(self.params),
+            ]  # fmt: skip
+            assert main(args) == 0, run
+            self.seconds[run] = round(time.perf_counter() - start, 1)
+        return pd.read_parquet(out)
+
+
+@pytest.fixture(scope="session")
+def planted_runs(planted_data: dict[str, Path]) -> PlantedRuns:
+    return PlantedRuns(planted_data)

@@ -1,7 +1,8 @@
 """Known answers: the planted signal (ground_truth.json) is the oracle for the whole chain.
 
 A source large enough to learn from is synthesised, extracted, featurised and cached through the
-real CLI, then three models are trained on phenotyping (matched cohort) through ``ehrcxr train``
+real CLI (the shared ``planted_runs``, also used by tests/test_harness.py), then models are
+trained on phenotyping (matched cohort) through ``ehrcxr train``
 and scored by ``ehrcxr evaluate``'s functions on the test split. Passing proves that labels,
 images and EHR reach the model aligned to the right stays:
 
@@ -20,124 +21,65 @@ Marked ``slow`` but part of ``make test`` (CI runs it).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
-import yaml
 from sklearn.metrics import roc_auc_score
 
-from ehrcxr.cli import main
 from ehrcxr.evaluation.fairness import fairness_report
 from ehrcxr.tasks import get_task
-
-REPO = Path(__file__).resolve().parents[1]
-SEED = 11
-# (model, cohort, missing ratio) phenotyping runs; the last is the robustness sweep's far end.
-RUNS = (
-    ("resnet", "matched", 0.0),
-    ("lstm", "matched", 0.0),
-    ("late_fusion", "matched", 0.0),
-    ("lstm", "base", 0.0),
-    ("late_fusion", "matched", 0.8),
-)
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def oracle(planted_data: dict[str, Path]) -> dict[str, Path]:
-    root = planted_data["root"]
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    # Enough epochs to learn the planted signal; everything else is the default profile.
-    params["train"].update(
-        {"max_epochs": 12, "min_epochs": 4, "patience": 6, "batch_size": 32, "lr": 0.003}
-    )
-    params["train"]["seeds"] = [SEED]
-    params["wandb"].update({"mode": "disabled", "dir": str(root)})
-    params_path = root / "known-answer-params.yaml"
-    params_path.write_text(yaml.safe_dump(params))
-    p = ["--params", str(params_path)]
-    for model, cohort, ratio in RUNS:
-        run = f"{model}-{cohort}-{ratio}"
-        args = [
-            "train",
-            "--model",
-            model,
-            "--task",
-            "phenotype",
-            "--cohort",
-            cohort,
-            "--missing-ratio",
-            str(ratio),
-            "--extract",
-            str(root / "extract"),
-            "--features",
-            str(root / "features"),
-            "--images",
-            str(root / "images"),
-            "--out",
-            str(root / "models" / run),
-            "--predictions",
-            str(root / f"{run}.parquet"),
-            "--curves",
-            str(root / f"{run}.csv"),
-            *p,
-        ]
-        assert main(args) == 0
-    return {"root": root}
-
-
-def _predictions(oracle: dict[str, Path], model: str, cohort: str, ratio: float) -> pd.DataFrame:
-    return pd.read_parquet(oracle["root"] / f"{model}-{cohort}-{ratio}.parquet")
+def _predictions(runs, model: str, cohort: str, ratio: float) -> pd.DataFrame:
+    return runs.predictions(model, cohort, ratio)
 
 
 def _auroc(
-    oracle: dict[str, Path], model: str, phenotype: str, cohort: str = "matched", ratio: float = 0.0
+    planted_runs, model: str, phenotype: str, cohort: str = "matched", ratio: float = 0.0
 ) -> float:
-    pred = _predictions(oracle, model, cohort, ratio)
+    pred = _predictions(planted_runs, model, cohort, ratio)
     test = pred[pred["split"] == "test"]
     return float(roc_auc_score(test[f"label_{phenotype}"], test[f"prob_{phenotype}"]))
 
 
-def test_cxr_model_learns_image_phenotype_only(oracle: dict[str, Path]) -> None:
-    assert _auroc(oracle, "resnet", "pleurisy_pneumothorax") > 0.75
-    assert _auroc(oracle, "resnet", "dysrhythmias") < 0.6
+def test_cxr_model_learns_image_phenotype_only(planted_runs) -> None:
+    assert _auroc(planted_runs, "resnet", "pleurisy_pneumothorax") > 0.75
+    assert _auroc(planted_runs, "resnet", "dysrhythmias") < 0.6
 
 
-def test_ehr_model_learns_ehr_phenotype(oracle: dict[str, Path]) -> None:
-    assert _auroc(oracle, "lstm", "dysrhythmias") > 0.75
+def test_ehr_model_learns_ehr_phenotype(planted_runs) -> None:
+    assert _auroc(planted_runs, "lstm", "dysrhythmias") > 0.75
 
 
-def test_fusion_beats_both_unimodal_models_where_both_are_needed(oracle: dict[str, Path]) -> None:
-    scores = {m: _auroc(oracle, m, "chf") for m in ("resnet", "lstm", "late_fusion")}
+def test_fusion_beats_both_unimodal_models_where_both_are_needed(planted_runs) -> None:
+    scores = {m: _auroc(planted_runs, m, "chf") for m in ("resnet", "lstm", "late_fusion")}
     assert scores["late_fusion"] > max(scores["resnet"], scores["lstm"]) + 0.02, scores
 
 
-def test_noise_phenotype_stays_near_chance(oracle: dict[str, Path]) -> None:
+def test_noise_phenotype_stays_near_chance(planted_runs) -> None:
     # essential_hypertension is planted with no signal: a model scoring well on it would mean
     # labels leak into the inputs.
     for model in ("resnet", "lstm", "late_fusion"):
-        assert _auroc(oracle, model, "essential_hypertension") < 0.62
+        assert _auroc(planted_runs, model, "essential_hypertension") < 0.62
 
 
-def test_fusion_degrades_when_films_go_missing(oracle: dict[str, Path]) -> None:
+def test_fusion_degrades_when_films_go_missing(planted_runs) -> None:
     # Image-only phenotype: with 80 % of the films removed (train, val and test) late fusion
     # loses most of what it learned from the film.
-    full = _auroc(oracle, "late_fusion", "pleurisy_pneumothorax")
-    sparse = _auroc(oracle, "late_fusion", "pleurisy_pneumothorax", ratio=0.8)
+    full = _auroc(planted_runs, "late_fusion", "pleurisy_pneumothorax")
+    sparse = _auroc(planted_runs, "late_fusion", "pleurisy_pneumothorax", ratio=0.8)
     assert sparse < full - 0.1, (full, sparse)
     # EHR-only phenotype: unaffected beyond noise.
-    assert _auroc(oracle, "late_fusion", "dysrhythmias", ratio=0.8) > 0.75
+    assert _auroc(planted_runs, "late_fusion", "dysrhythmias", ratio=0.8) > 0.75
 
 
-def test_planted_race_gap_shows_in_tpr(oracle: dict[str, Path]) -> None:
+def test_planted_race_gap_shows_in_tpr(planted_runs) -> None:
     # The generator under-expresses half of the Black group's latent states: their positives are
     # missed more often, a TPR gap by race that sex does not have.
-    root = oracle["root"]
-    stays = pd.read_parquet(root / "extract" / "cohort.parquet")
+    stays = pd.read_parquet(planted_runs.data["extract"] / "cohort.parquet")
     report = fairness_report(
-        _predictions(oracle, "lstm", "base", 0.0),
+        _predictions(planted_runs, "lstm", "base", 0.0),
         stays,
         get_task("phenotype"),
         "test",

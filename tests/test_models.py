@@ -104,15 +104,22 @@ def test_unknown_params_key_fails_loudly() -> None:
         create_model("lstm", INPUTS, 1, ENCODERS, {**PARAMS["lstm"], "hiden_size": 3})
 
 
-def test_medfuse_ignores_the_zero_image_of_a_missing_film() -> None:
-    """A missing film shortens MedFuse's sequence: the zero image has no influence."""
+def test_medfuse_reads_a_shorter_sequence_without_a_film() -> None:
+    """MedFuse §3.2: without a film the fusion LSTM reads [v_ehr] alone (no placeholder step)."""
     torch.manual_seed(0)
     model = build("medfuse").eval()
-    batch = _batch("mortality", films=False)
-    noisy = Batch(**{**batch.__dict__, "cxr": torch.rand_like(batch.cxr)})
-    assert torch.allclose(model(batch).logits, model(noisy).logits)
-    late = build("late_fusion").eval()
-    assert not torch.allclose(late(batch).logits, late(noisy).logits)  # zero imputation sees it
+    batch = _batch("mortality", films=False).without_labels()
+    with torch.no_grad():
+        _, (h, _) = model.ehr(batch.ehr_input)
+        _, (fused, _) = model.fusion(h[-1].unsqueeze(1))
+        assert torch.allclose(model(batch).logits, model.head(fused[-1]), atol=1e-6)
+        with_films = _batch("mortality", films=True).without_labels()
+        _, (h2, _) = model.ehr(with_films.ehr_input)
+        _, (one_step, _) = model.fusion(h2[-1].unsqueeze(1))
+        present = with_films.has_cxr
+        assert not torch.allclose(
+            model(with_films).logits[present], model.head(one_step[-1])[present]
+        )
 
 
 def test_resnet_imagenet_weights_use_torchvision_weights_api() -> None:

@@ -178,10 +178,11 @@ class EhrCxrDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        # An incomplete last batch is dropped: a batch of one breaks BatchNorm1d in training.
-        return self._loader(
-            "train", shuffle=True, drop_last=len(self.indices("train")) > self.batch_size
-        )
+        # An incomplete last batch is dropped (a batch of one breaks BatchNorm1d in training),
+        # unless that would leave a process without a batch (each process gets 1 / world of it).
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_process = len(self.indices("train")) // world
+        return self._loader("train", shuffle=True, drop_last=per_process > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
