@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from batches import random_batch
 from ehrcxr import params as params_mod
 from ehrcxr.batch import Batch, InputSpec
 from ehrcxr.models import create_model, list_models, model_modalities
@@ -28,26 +29,7 @@ def build(name: str, n_outputs: int = 1) -> torch.nn.Module:
 
 
 def _batch(task_name: str, b: int = 6, films: bool = True, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    task = get_task(task_name)
-    has = torch.tensor([films and i % 3 != 0 for i in range(b)])
-    cxr = (
-        torch.rand(b, 1, INPUTS.image_size, INPUTS.image_size, generator=g)
-        * has[:, None, None, None]
-    )
-    if task.kind == "multiclass":
-        y = torch.randint(0, task.n_outputs, (b,), generator=g)
-    else:
-        y = torch.randint(0, 2, (b, task.n_outputs), generator=g).float()
-    return Batch(
-        ehr=torch.randn(b, INPUTS.time_steps, INPUTS.ehr_features, generator=g),
-        ehr_mask=torch.randint(0, 2, (b, INPUTS.time_steps, INPUTS.ehr_masks), generator=g).float(),
-        cxr=cxr,
-        has_cxr=has,
-        cxr_time=(torch.rand(b, generator=g) * 72 - 24) * has,
-        y=y,
-        stay_id=torch.arange(b),
-    )
+    return random_batch(task_name, b=b, films=films, seed=seed, inputs=INPUTS)
 
 
 def test_the_five_baselines_are_registered() -> None:

@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from batches import random_batch
 from ehrcxr import params as params_mod
 from ehrcxr.batch import Batch, InputSpec, ModelOutput, TrainContext
 from ehrcxr.data.augment import AugmentConfig, augment_films
@@ -37,22 +38,7 @@ NO_AUGMENT = AugmentConfig(enabled=False)
 
 
 def _batch(task_name: str = "phenotype", b: int = 8, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    task = get_task(task_name)
-    has = torch.tensor([i % 3 != 0 for i in range(b)])
-    if task.kind == "multiclass":
-        y = torch.randint(0, task.n_outputs, (b,), generator=g)
-    else:
-        y = torch.randint(0, 2, (b, task.n_outputs), generator=g).float()
-    return Batch(
-        ehr=torch.randn(b, INPUTS.time_steps, INPUTS.ehr_features, generator=g),
-        ehr_mask=torch.randint(0, 2, (b, INPUTS.time_steps, INPUTS.ehr_masks), generator=g).float(),
-        cxr=torch.rand(b, 1, 32, 32, generator=g) * has[:, None, None, None],
-        has_cxr=has,
-        cxr_time=(torch.rand(b, generator=g) * 48) * has,
-        stay_id=torch.arange(b),
-        y=y,
-    )
+    return random_batch(task_name, b=b, seed=seed, inputs=INPUTS)
 
 
 def _model(name: str, task_name: str = "phenotype") -> nn.Module:

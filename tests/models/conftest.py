@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
-import torch
 
+from batches import random_batch
 from ehrcxr.batch import Batch, InputSpec
 from ehrcxr.models.encoders import EncoderConfig
-from ehrcxr.tasks import get_task
 
 # 6 values (the last two rhythm-like, without a mask), 4 masks marking values 0-3.
 SMALL_INPUTS = InputSpec(
@@ -38,34 +38,7 @@ def encoders() -> EncoderConfig:
     return SMALL_ENCODERS
 
 
-def random_batch(
-    task_name: str = "mortality",
-    b: int = 8,
-    films: bool = True,
-    seed: int = 0,
-    inputs: InputSpec = SMALL_INPUTS,
-) -> Batch:
-    """A batch with labels; every third stay lacks its film when ``films`` (all when not)."""
-    g = torch.Generator().manual_seed(seed)
-    task = get_task(task_name)
-    has = torch.tensor([films and i % 3 != 0 for i in range(b)])
-    cxr = torch.rand(b, 1, inputs.image_size, inputs.image_size, generator=g)
-    cxr = cxr * has[:, None, None, None]
-    if task.kind == "multiclass":
-        y = torch.randint(0, task.n_outputs, (b,), generator=g)
-    else:
-        y = torch.randint(0, 2, (b, task.n_outputs), generator=g).float()
-    return Batch(
-        ehr=torch.randn(b, inputs.time_steps, inputs.ehr_features, generator=g),
-        ehr_mask=torch.randint(0, 2, (b, inputs.time_steps, inputs.ehr_masks), generator=g).float(),
-        cxr=cxr,
-        has_cxr=has,
-        cxr_time=(torch.rand(b, generator=g) * 72 - 24) * has,
-        stay_id=torch.arange(b),
-        y=y,
-    )
-
-
 @pytest.fixture()
 def make_batch() -> Callable[..., Batch]:
-    return random_batch
+    """``random_batch`` (tests/batches.py) with the small inputs by default."""
+    return functools.partial(random_batch, inputs=SMALL_INPUTS)
