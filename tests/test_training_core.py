@@ -319,6 +319,9 @@ def test_every_file_a_train_stage_imports_is_a_dependency(
             "import json, sys\n"
             "from ehrcxr.cli import main\n"
             f"rc = main({json.dumps(_train_argv(small_data, tmp_path, model))})\n"
+            # run as `ehrcxr train`, the command also loads the warm interpreter and its preloads
+            "import importlib, ehrcxr.warm\n"
+            "[importlib.import_module(m) for m in ehrcxr.warm.PRELOAD['train']]\n"
             "files = sorted({m.__file__ for m in list(sys.modules.values())"
             " if getattr(m, '__file__', None) and '/src/ehrcxr/' in m.__file__})\n"
             "print(json.dumps([rc, files]))\n"

@@ -48,9 +48,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, warm: bool | None = None) -> int:
+    """Run one subcommand. ``warm`` (default: only when run as the ``ehrcxr`` command, i.e.
+    without ``argv``) sends the heavy subcommands to the warm interpreter (:mod:`ehrcxr.warm`;
+    ``EHRCXR_WARM=0`` turns it off); an in-process call runs in this process."""
+    warm = argv is None if warm is None else warm
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
+    if warm:
+        from ehrcxr import warm as warm_server
+
+        if warm_server.enabled(command):
+            return warm_server.run(argv, lambda a: main(a, warm=False))
     args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
     try:
         args._stage.run(args)
