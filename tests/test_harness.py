@@ -56,7 +56,8 @@ def _scores(planted_runs, model: str) -> dict[str, float]:
 KNOWN_SHORTFALLS = {
     "medfuse": "greedy modality competition under the CI budget: with MedFuse's 2-layer "
     "unidirectional EHR LSTM the EHR-only phenotype stays at 0.63 (its EHR path alone, no films: "
-    "0.57); with one layer the EHR is learned (0.76) and the image-only phenotype is lost (0.49)",
+    "0.57); with one layer the EHR is learned (0.76) and the image-only phenotype is lost (0.49); "
+    "with 30 epochs both are learned (EHR-only 0.82, image-only 0.77)",
 }
 
 

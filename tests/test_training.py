@@ -171,7 +171,9 @@ def test_two_process_ddp_on_cpu_gives_the_same_file_format(
 ) -> None:
     """Two CPU processes (gloo): the same predictions file; the validation selection metric is
     computed on the gathered, de-duplicated validation set — it equals the metric of the
-    predictions rank 0 writes for the val split (one epoch: the best checkpoint is that epoch)."""
+    predictions rank 0 writes for the val split (one epoch: the best checkpoint is that epoch).
+    Run as a command, so through the warm interpreter: Lightning re-executes the caller's
+    ``__main__`` for rank 1, which must be the command's, not the server's."""
     from ehrcxr.evaluation.metrics import selection_value
     from ehrcxr.tasks import get_task
 

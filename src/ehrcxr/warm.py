@@ -32,6 +32,7 @@ import errno
 import fcntl
 import hashlib
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -44,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,7 +143,17 @@ def run(argv: list[str], cold: Callable[[list[str]], int]) -> int:
     if conn is None:
         return cold(argv)
     with conn:
-        request = {"argv": [sys.argv[0], *argv], "cwd": os.getcwd(), "env": dict(os.environ)}
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        request = {
+            "argv": [sys.argv[0], *argv],
+            "cwd": os.getcwd(),
+            "env": dict(os.environ),
+            # how this interpreter was started (`-m module` or a script): launchers that re-run
+            # the command (Lightning's DDP workers) read it from `__main__`
+            "main_module": spec.name if spec is not None else None,
+            "main_file": getattr(main, "__file__", None),
+        }
         payload = json.dumps(request).encode()
         try:
             fds = [0, 1, 2]
@@ -309,6 +321,7 @@ def _child(request: dict, fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
+        sys.modules["__main__"] = _caller_main(request["main_module"], request["main_file"])
         random.seed()
         numpy = sys.modules.get("numpy")
         if numpy is not None:
@@ -331,6 +344,16 @@ def _child(request: dict, fds: list[int]) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(status)
+
+
+def _caller_main(module: str | None, file: str | None) -> types.ModuleType:
+    """A ``__main__`` that says what the caller's says: the server's own ``__main__`` is this
+    module, and a child that re-executes ``__main__`` must run the caller's command instead."""
+    main = types.ModuleType("__main__")
+    main.__spec__ = importlib.util.find_spec(module) if module else None
+    if file is not None:
+        main.__file__ = file
+    return main
 
 
 def _exit_code(exc: SystemExit) -> int:
