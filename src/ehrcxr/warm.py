@@ -58,6 +58,10 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "ehrcxr.tasks",
         "ehrcxr.io",
         "ehrcxr.data.datamodule",
+        # W&B's own imports at `wandb.init` (≈ 2.9 s here: the SDK, then its launch-inputs
+        # module, which every run imports); with `wandb.mode: disabled` they go unused.
+        "wandb",
+        "wandb.sdk.launch.inputs.internal",
     ),
     "evaluate": (
         "ehrcxr.stages.evaluate",
