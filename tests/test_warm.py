@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -207,3 +208,15 @@ def test_which_commands_run_warm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LOCAL_RANK")
     monkeypatch.setenv("EHRCXR_WARM", "0")
     assert not warm.enabled("train")
+
+
+def test_both_replies_in_one_packet_are_two_lines() -> None:
+    # A command that ends at once: the pid and the exit status reach the caller together.
+    server, caller = socket.socketpair()
+    with server, caller, caller.makefile("rb") as replies:
+        server.sendall(b"4321\n2\n")
+        server.close()
+        assert warm._read_line(replies) == "4321"
+        assert warm._read_line(replies) == "2"
+        with pytest.raises(OSError):
+            warm._read_line(replies)

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None, warm: bool | None = None) -> int:
         from ehrcxr import warm as warm_server
 
         if warm_server.enabled(command):
-            return warm_server.run(argv, lambda a: main(a, warm=False))
+            return warm_server.run(command, argv, lambda a: main(a, warm=False))
     args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
     try:
         args._stage.run(args)

@@ -89,7 +89,6 @@ _KEY_ENV_PREFIXES = (
     "LC_",
 )
 _DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")
-_STATUS_BYTES = 64
 _MAX_BASE = 40
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -137,16 +136,16 @@ def socket_path(command: str, key: str) -> Path:
 # ---- caller ---------------------------------------------------------------------------------
 
 
-def run(argv: list[str], cold: Callable[[list[str]], int]) -> int:
-    """Run ``ehrcxr argv`` in a child of the warm server; ``cold(argv)`` when that is impossible."""
-    command = next(a for a in argv if not a.startswith("-"))
+def run(command: str, argv: list[str], cold: Callable[[list[str]], int]) -> int:
+    """Run ``ehrcxr argv`` (whose subcommand is ``command``) in a child of the warm server;
+    ``cold(argv)`` when that is impossible."""
     try:
         conn = _connect_or_start(command, server_key())
     except OSError:
         conn = None
     if conn is None:
         return cold(argv)
-    with conn:
+    with conn, conn.makefile("rb") as replies:
         main = sys.modules["__main__"]
         spec = getattr(main, "__spec__", None)
         request = {
@@ -165,13 +164,13 @@ def run(argv: list[str], cold: Callable[[list[str]], int]) -> int:
                 os.fstat(fd)  # a closed standard stream: run cold, where it stays closed
             socket.send_fds(conn, [len(payload).to_bytes(8, "big")], fds)
             conn.sendall(payload)
-            pid = int(_read_line(conn))
+            pid = int(_read_line(replies))
         except (OSError, ValueError):
             return cold(argv)
         forward = lambda sig, _frame: _kill(pid, sig)  # noqa: E731
         previous = {s: signal.signal(s, forward) for s in _FORWARDED_SIGNALS}
         try:
-            status = int(_read_line(conn))
+            status = int(_read_line(replies))
         except (OSError, ValueError):
             status = 1  # the server died under us: report failure, as a crash would
             print("ehrcxr: the warm interpreter ended before the command did", file=sys.stderr)
@@ -189,14 +188,13 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _read_line(conn: socket.socket) -> str:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(_STATUS_BYTES)
-        if not chunk:
-            raise OSError(errno.ECONNRESET, "warm server closed the connection")
-        data += chunk
-    return data.decode().strip()
+def _read_line(replies: io.BufferedReader) -> str:
+    """One reply line (the child's pid, then its exit status). Read through one buffered reader:
+    both lines may arrive in one packet when the command ends at once."""
+    line = replies.readline()
+    if not line.endswith(b"\n"):
+        raise OSError(errno.ECONNRESET, "warm server closed the connection")
+    return line.decode().strip()
 
 
 def _connect(path: Path) -> socket.socket | None:
