@@ -144,7 +144,14 @@ class PlantedRuns:
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         # The default profile trained long enough to learn the planted signal (CI-sized).
         params["train"].update(
-            {"max_epochs": 12, "min_epochs": 4, "patience": 6, "batch_size": 32, "lr": 0.003}
+            {
+                "max_epochs": 12,
+                "max_batches": -1,  # epochs, not the default profile's batch budget
+                "min_epochs": 4,
+                "patience": 6,
+                "batch_size": 32,
+                "lr": 0.003,
+            }
         )
         params["train"]["seeds"] = [self.SEED]
         params["wandb"].update({"mode": "disabled", "dir": str(self.root)})

@@ -406,3 +406,23 @@ def test_unreachable_database_is_a_one_line_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "topsecret9" not in done.stderr
     assert "127.0.0.1" in done.stderr and "mimiciv" in done.stderr
+
+
+def test_a_null_length_of_stay_is_an_error_never_the_last_class() -> None:
+    from ehrcxr.data.cohort import add_labels
+
+    base = pd.DataFrame(
+        {
+            "stay_id": [1, 2],
+            "hadm_id": [10, 20],
+            "hospital_expire_flag": [0, 1],
+            "los": [3.5, None],
+            "race": ["WHITE", "WHITE"],
+            "age": [50.0, 60.0],
+        }
+    )
+    diagnoses = pd.DataFrame({"hadm_id": [10], "icd_code": ["4280"], "icd_version": [9]})
+    with pytest.raises(EhrcxrError, match=r"1 base-cohort stays have no icustays\.los"):
+        add_labels(base, diagnoses)
+    labelled = add_labels(base.assign(los=[3.5, 15.0]), diagnoses)
+    assert labelled["los_class"].tolist() == [1, 6]

@@ -67,14 +67,15 @@ def scratch_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "cohorts": ["base"],
     }
     params["robustness"].update(
-        {"models": ["late_fusion"], "tasks": ["mortality"], "cohort": "base", "ratios": [0.0, 0.5]}
+        {"models": ["late_fusion"], "tasks": ["mortality"], "cohort": "base", "ratios": [0.5]}
     )
     params["statistics"]["n_permutations"] = 200
     params["model"], params["task"], params["cohort"] = "lstm", "mortality", "base"
     params["train"]["max_epochs"] = 1
     params["wandb"]["mode"] = "disabled"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / "dvc.lock").unlink(missing_ok=True)
+    for lock in [repo / "dvc.lock", *(repo / "pipeline").glob("*/dvc.lock")]:
+        lock.unlink(missing_ok=True)
     _run(["git", "init", "-q"], repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "scratch"], repo, env)
@@ -91,6 +92,16 @@ def test_dvc_repro_push_and_pull_the_synthetic_source(
     _run(["dvc", "repro"], repo, env)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["synthesize"]["params"]["params.yaml"]["synthesize"]["n_patients"] == 120
+    # The grid's stages keep their own locks (pipeline/<kind>/dvc.lock), each stage with one
+    # configuration file among its dependencies instead of its code files and params sections.
+    grid = {}
+    for kind in ("train", "evaluate", "robustness"):
+        grid |= yaml.safe_load((repo / "pipeline" / kind / "dvc.lock").read_text())["stages"]
+    deps = [d["path"] for d in grid["train@lstm-mortality-base"]["deps"]]
+    assert (
+        "data/config/train-lstm.json" in deps and "params" not in grid["train@lstm-mortality-base"]
+    )
+    lock["stages"] |= grid
     source = repo / "data" / "synthetic"
     assert (source / "mimiciv" / "mimiciv_icu.sqlite").is_file()
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo, env)
@@ -102,13 +113,14 @@ def test_dvc_repro_push_and_pull_the_synthetic_source(
         "evaluate@lstm-mortality-base",
         "evaluate@late_fusion-mortality-base",
         "robustness@late_fusion-mortality-0.5",
+        "configure",
         "statistics",
         "report",
         "experiment",
     ):
         assert stage in lock["stages"]
     stats = json.loads((repo / "metrics" / "statistics.json").read_text())
-    test = stats["mortality"]["base"]["auroc"]
+    test = stats["mortality"]["base"]["metrics"]["auroc"]
     assert test["best_unimodal"] == "lstm" and 0 < test["models"]["late_fusion"]["p_value"] <= 1
     report = (repo / "metrics" / "report" / "report.md").read_text()
     assert "Table 1. In-hospital mortality" in report and "late_fusion" in report
@@ -125,6 +137,15 @@ def test_dvc_repro_push_and_pull_the_synthetic_source(
     shutil.rmtree(source)
     _run(["dvc", "pull"], repo, env)
     assert _tree_digest(source) == before
+
+    # Editing what no grid stage reads (the paper profile, under the default one) reruns the
+    # configuration, which then leaves every grid stage's dependency file as it was.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profiles"]["paper"]["train"]["lr"] = 0.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun = _run(["dvc", "repro"], repo, env)
+    assert "Running stage 'configure'" in rerun
+    assert "Running stage 'pipeline/" not in rerun, rerun  # no train, evaluate or sweep stage
 
     # Changing the seed reruns the stage and changes the data; the analytics switch stays committed.
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -250,3 +250,22 @@ def test_gate_fails_on_a_planted_regression_and_passes_within_tolerance(tmp_path
     metrics_file.write_text(json.dumps(committed))
     (repo / "params.yaml").write_text(yaml.safe_dump({"gate": {"runs": [], "tolerance": 0.02}}))
     assert gate().returncode == 2  # an empty comparison never passes
+
+
+def test_bench_train_reports_throughput_input_share_and_memory(
+    small_data: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "bench.json"
+    paths = ["--extract", str(small_data["extract"]), "--features", str(small_data["features"])]
+    paths += ["--images", str(small_data["images"]), "--params", str(REPO / "params.yaml")]
+    argv = ["bench-train", "--models", "lstm", "late_fusion", "--batches", "4", "--warmup", "1"]
+    assert main([*argv, "--cohort", "base", "--out", str(out), *paths]) == 0
+    results = json.loads(out.read_text())
+    assert [r["model"] for r in results] == ["lstm", "late_fusion"]
+    for r in results:
+        assert r["batches"] == 4 and r["device"] == "cpu" and r["precision"] == "32-true"
+        assert r["train_samples_per_s"] > 0 and r["predict_samples_per_s"] > 0
+        assert 0 < r["input_share"] < 1 and r["step_ms"] > 0
+        assert r["peak_memory_mb"] > 100  # the process's peak RSS: torch alone is more
+    # The fusion model does more work per sample than the LSTM.
+    assert results[1]["step_ms"] > results[0]["step_ms"]

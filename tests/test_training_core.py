@@ -5,6 +5,7 @@ profiles, and the DVC dependencies of a train stage."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -309,32 +311,58 @@ def test_paper_profile_is_one_switch(tmp_path: Path) -> None:
 # ---- DVC dependencies --------------------------------------------------------------------------
 
 
-def test_every_file_a_train_stage_imports_is_a_dependency(
+def _imported_package_files(argv: list[str], command: str) -> set[str]:
+    """Package files (relative to ``src/ehrcxr``) that ``ehrcxr <argv>`` loads, the warm
+    interpreter's preloads for ``command`` included (run as ``ehrcxr``, it loads them too)."""
+    script = (
+        "import json, sys\n"
+        "from ehrcxr.cli import main\n"
+        f"rc = main({json.dumps(argv)})\n"
+        "import importlib, ehrcxr.warm\n"
+        f"[importlib.import_module(m) for m in ehrcxr.warm.PRELOAD[{command!r}]]\n"
+        "files = sorted({m.__file__ for m in list(sys.modules.values())"
+        " if getattr(m, '__file__', None) and '/src/ehrcxr/' in m.__file__})\n"
+        "print(json.dumps([rc, files]))\n"
+    )
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    rc, files = json.loads(done.stdout.strip().splitlines()[-1])
+    assert rc == 0
+    return {f.split("/src/ehrcxr/", 1)[1] for f in files}
+
+
+def test_every_file_a_grid_stage_imports_is_in_its_configuration(
     small_data: dict[str, Path], tmp_path: Path
 ) -> None:
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    """A train or evaluate stage depends on one file of `ehrcxr configure` that fingerprints
+    its code: every package file the command loads must be in that fingerprint."""
+    from ehrcxr.stages import configure
+
     for model in ("late_fusion", "inforeg"):
-        deps = {d.replace("${item.model}", model) for d in stage["deps"]}
-        script = (
-            "import json, sys\n"
-            "from ehrcxr.cli import main\n"
-            f"rc = main({json.dumps(_train_argv(small_data, tmp_path, model))})\n"
-            # run as `ehrcxr train`, the command also loads the warm interpreter and its preloads
-            "import importlib, ehrcxr.warm\n"
-            "[importlib.import_module(m) for m in ehrcxr.warm.PRELOAD['train']]\n"
-            "files = sorted({m.__file__ for m in list(sys.modules.values())"
-            " if getattr(m, '__file__', None) and '/src/ehrcxr/' in m.__file__})\n"
-            "print(json.dumps([rc, files]))\n"
-        )
-        env = {**os.environ, "WANDB_MODE": "disabled"}
-        done = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
-        )
-        rc, files = json.loads(done.stdout.strip().splitlines()[-1])
-        assert rc == 0
-        imported = {"src/" + f.split("/src/", 1)[1] for f in files}
-        assert f"src/ehrcxr/models/{model}.py" in imported
-        assert imported <= deps, sorted(imported - deps)
+        imported = _imported_package_files(_train_argv(small_data, tmp_path, model), "train")
+        code = set(configure.train_config(params_mod.load(REPO / "params.yaml"), model)["code"])
+        assert f"models/{model}.py" in imported
+        assert imported <= code, sorted(imported - code)
+    predictions = tmp_path / "inforeg.parquet"
+    evaluate = [
+        "evaluate", "--predictions", str(predictions), "--task", "mortality",
+        "--stays", str(small_data["extract"] / "cohort.parquet"), "--out", str(tmp_path / "m.json"),
+        "--fairness-out", str(tmp_path / "f.json"), "--params", str(REPO / "params.yaml"),
+    ]  # fmt: skip
+    imported = _imported_package_files(evaluate, "evaluate")
+    assert "evaluation/fairness.py" in imported
+    assert imported <= set(configure.EVALUATE_CODE), sorted(imported - set(configure.EVALUATE_CODE))
+    stages = {
+        kind: yaml.safe_load((REPO / "pipeline" / kind / "dvc.yaml").read_text())["stages"][kind]
+        for kind in ("train", "evaluate", "robustness")
+    }
+    assert "data/config/train-${item.model}.json" in stages["train"]["deps"]
+    assert "data/config/evaluate.json" in stages["evaluate"]["deps"]
+    assert {"data/config/train-${item.model}.json", "data/config/evaluate.json"} <= set(
+        stages["robustness"]["deps"]
+    )
 
 
 def _train_argv(data: dict[str, Path], tmp: Path, model: str) -> list[str]:
@@ -345,3 +373,47 @@ def _train_argv(data: dict[str, Path], tmp: Path, model: str) -> list[str]:
         "--predictions", str(tmp / f"{model}.parquet"), "--params", str(REPO / "params.yaml"),
         "--fast-dev-run",
     ]  # fmt: skip
+
+
+# ---- the missing-CXR sweep -----------------------------------------------------------------------
+
+
+def test_film_removal_is_nested_per_seed_and_limited_to_the_named_splits() -> None:
+    from ehrcxr.data.datamodule import Arrays, drop_images
+
+    n = 400
+    rng = np.random.default_rng(0)
+    rows = torch.as_tensor(np.where(rng.random(n) < 0.8, np.arange(n), -1))
+    split = np.array(["train", "val", "test"])[rng.integers(0, 3, n)]
+    arrays = Arrays(
+        ehr=torch.zeros(n, 1, 1), ehr_mask=torch.zeros(n, 1, 1), cxr=torch.zeros(n, 1, 1),
+        cxr_row=rows, cxr_time=torch.zeros(n), y=torch.zeros(n, 1), stay_id=torch.arange(n),
+        split=split,
+    )  # fmt: skip
+    removed = {}
+    for ratio in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        kept = drop_images(arrays, ratio, ("train", "test"), seed=7)
+        removed[ratio] = set(np.flatnonzero((rows.numpy() >= 0) & (kept.numpy() < 0)))
+        for s in ("train", "test"):
+            had = int(((split == s) & (rows.numpy() >= 0)).sum())
+            lost = sum(1 for i in removed[ratio] if split[i] == s)
+            assert lost == int(np.floor(ratio * had))
+        assert not any(split[i] == "val" for i in removed[ratio])
+    ratios = sorted(removed)
+    for low, high in itertools.pairwise(ratios):
+        assert removed[low] <= removed[high], (low, high)
+    other = drop_images(arrays, 0.4, ("train", "test"), seed=8)
+    assert set(np.flatnonzero((rows.numpy() >= 0) & (other.numpy() < 0))) != removed[0.4]
+
+
+def test_the_batch_budget_gives_each_cohort_whole_epochs_of_about_the_same_cost() -> None:
+    from ehrcxr.training import epochs
+
+    cfg = dataclasses.replace(
+        params_mod.train_config(params_mod.load(REPO / "params.yaml")), max_epochs=10
+    )
+    budget = dataclasses.replace(cfg, max_batches=90)
+    assert epochs(budget, 25) == 4  # matched subset: 4 × 25 = 100 batches
+    assert epochs(budget, 91) == 1  # base cohort: one epoch of 91
+    assert epochs(budget, 3) == 10  # a tiny split: max_epochs caps it
+    assert epochs(dataclasses.replace(cfg, max_batches=-1), 25) == 10  # no budget: epochs only

@@ -118,7 +118,7 @@ def test_warm_failure_is_a_cold_failure(
 def _endless_training(data: dict[str, Path], tmp_path: Path) -> list[str]:
     """A training command that runs until stopped (500 epochs, no early stopping)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"].update(max_epochs=500, min_epochs=500, patience=500)
+    params["train"].update(max_epochs=500, max_batches=-1, min_epochs=500, patience=500)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     argv = _train(data, tmp_path)
     argv[argv.index("--params") + 1] = str(tmp_path / "params.yaml")

@@ -52,12 +52,21 @@ class Batch:
         """The same batch with ``y`` None: what every ``forward`` receives."""
         return dataclasses.replace(self, y=None)
 
+    def _map(self, fn) -> Batch:
+        return Batch(
+            **{
+                f.name: (fn(v) if (v := getattr(self, f.name)) is not None else None)
+                for f in dataclasses.fields(self)
+            }
+        )
+
     def to(self, device: torch.device | str) -> Batch:
-        moved = {
-            f.name: (v.to(device) if (v := getattr(self, f.name)) is not None else None)
-            for f in dataclasses.fields(self)
-        }
-        return Batch(**moved)
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (the DataLoader calls this with ``pin_memory=True``): the copy to
+        a GPU can then run asynchronously."""
+        return self._map(torch.Tensor.pin_memory)
 
 
 @dataclasses.dataclass

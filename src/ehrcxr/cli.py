@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("ehrcxr.stages.extract", "cohort, labels, splits, images and hourly EHR features"),
     "featurize": ("ehrcxr.stages.featurize", "hourly features to the EHR tensor [N, 48, F + M]"),
     "cache-images": ("ehrcxr.stages.cache_images", "decode the matched films into one array"),
+    "configure": (
+        "ehrcxr.stages.configure",
+        "resolve each grid stage's params and fingerprint its code (its one DVC dependency)",
+    ),
     "train": ("ehrcxr.stages.train", "train one model on one task and cohort, write predictions"),
     "evaluate": ("ehrcxr.stages.evaluate", "compute every metric from a predictions file"),
     "statistics": (
@@ -28,6 +32,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("ehrcxr.stages.report", "benchmark report: tables, figures and plot data"),
     "gate": ("ehrcxr.stages.gate", "fail when rerun metrics fall below the committed ones"),
     "bench-extract": ("ehrcxr.stages.bench_extract", "time extract + featurize on PostgreSQL"),
+    "bench-train": (
+        "ehrcxr.stages.bench_train",
+        "per model: training and inference samples/s, input share of a step, peak memory",
+    ),
 }
 
 

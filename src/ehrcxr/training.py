@@ -31,7 +31,7 @@ from ehrcxr.batch import Batch, TrainContext
 from ehrcxr.data.augment import AugmentConfig, augment_films
 from ehrcxr.data.datamodule import DataPaths, EhrCxrDataModule
 from ehrcxr.evaluation.metrics import selection_value
-from ehrcxr.models import create_model
+from ehrcxr.models import create_model, model_modalities
 from ehrcxr.models.encoders import EncoderConfig
 from ehrcxr.tasks import Task
 
@@ -88,6 +88,10 @@ class TrainModule(L.LightningModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.augment = augment
         self.prepare_loader = prepare_loader  # unshuffled training split, for model.prepare
+        # A model that never reads the film (an EHR model) gets no film augmentation: it would
+        # only cost time (a model outside the registry is assumed to read it).
+        name = getattr(model, "registry_name", None)
+        self.reads_films = name is None or "cxr" in model_modalities(name)
         self.automatic_optimization = not hasattr(model, "manual_training_step")
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -98,7 +102,7 @@ class TrainModule(L.LightningModule):
         return batch.to(device)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        if self.trainer is not None and self.trainer.training:
+        if self.trainer is not None and self.trainer.training and self.reads_films:
             return dataclasses.replace(
                 batch, cxr=augment_films(batch.cxr, batch.has_cxr, self.augment)
             )
@@ -215,6 +219,7 @@ class TrainConfig:
     """params.yaml ``train`` (+ the run's model, task, cohort, seed)."""
 
     max_epochs: int
+    max_batches: int  # training batches at most, in whole epochs (-1: no limit); see epochs()
     min_epochs: int
     patience: int
     batch_size: int
@@ -227,6 +232,20 @@ class TrainConfig:
     devices: int
     strategy: str
     threads: int
+    precision: str  # Lightning's: 32-true | 16-mixed | bf16-mixed (mixed precision on a GPU)
+
+
+def epochs(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """The run's epoch limit: ``max_epochs``, and with a batch budget (``max_batches`` ≥ 0) the
+    whole epochs that reach it, ⌈max_batches / batches per epoch⌉ (at least one).
+
+    The default profile gives both cohorts the same budget of optimizer passes, so a base-cohort
+    run (≈ 3.6× the stays of the matched subset) costs about what a matched one does instead of
+    3.6× as much. Counted in batches, not optimizer steps: AUG steps twice per batch.
+    """
+    if cfg.max_batches < 0:
+        return cfg.max_epochs
+    return max(1, min(cfg.max_epochs, -(-cfg.max_batches // max(1, batches_per_epoch))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +321,7 @@ def train_one(
         cfg.missing_ratio,
         cfg.missing_splits,
         seed,
+        pin_memory=cfg.accelerator == "gpu",
     )
     model = create_model(
         spec.model_name, data.inputs, spec.task.n_outputs, spec.encoders, spec.model_params
@@ -330,6 +350,7 @@ def train_one(
             "augment": dataclasses.asdict(spec.augment),
         },
     )
+    max_epochs = epochs(cfg, data.train_batches(cfg.devices))
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename=f"seed{seed}",
@@ -341,14 +362,15 @@ def train_one(
     )
     curves = CurveRecorder()
     trainer = L.Trainer(
-        max_epochs=cfg.max_epochs,
-        min_epochs=cfg.min_epochs,
+        max_epochs=max_epochs,
+        min_epochs=min(cfg.min_epochs, max_epochs),
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         # Under DDP, parameters a step does not use (a boosting classifier not yet active, a
         # projection of films when a batch has none) must not stall the gradient reduction.
         strategy="ddp_find_unused_parameters_true" if cfg.strategy == "ddp" else cfg.strategy,
         deterministic=True,
+        precision=cfg.precision,
         logger=logger,
         callbacks=[EarlyStopping(MONITOR, mode="max", patience=cfg.patience), checkpoint, curves],
         enable_progress_bar=sys.stderr.isatty(),

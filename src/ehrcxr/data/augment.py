@@ -39,8 +39,12 @@ def augment_films(films: torch.Tensor, has_cxr: torch.Tensor, cfg: AugmentConfig
     Randomness comes from torch's global generator (seeded per run), so a run is reproducible.
     Areas moved in from outside the film are black (0), as torchvision's RandomAffine fills.
     """
-    if not cfg.enabled or films.shape[-1] < 2:
+    if not cfg.enabled or films.shape[-1] < 2 or not bool(has_cxr.any()):
         return films
+    if not bool(has_cxr.all()):  # only the films that exist (most base-cohort rows have none)
+        out = films.clone()
+        out[has_cxr] = augment_films(films[has_cxr], has_cxr[has_cxr], cfg)
+        return out
     b = films.shape[0]
     device, dtype = films.device, films.dtype
 
@@ -62,5 +66,4 @@ def augment_films(films: torch.Tensor, has_cxr: torch.Tensor, cfg: AugmentConfig
         dim=1,
     )
     grid = F.affine_grid(theta, list(films.shape), align_corners=False)
-    moved = F.grid_sample(films, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return torch.where(has_cxr.view(-1, 1, 1, 1), moved, films)
+    return F.grid_sample(films, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

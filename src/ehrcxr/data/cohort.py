@@ -127,6 +127,14 @@ def add_labels(base: pd.DataFrame, diagnoses: pd.DataFrame) -> pd.DataFrame:
     out = base.copy()
     out["mortality"] = out["hospital_expire_flag"].fillna(0).astype(np.int8)
     out["los_days"] = out["los"].astype(float)
+    missing = out["los_days"].isna()
+    if missing.any():
+        # np.digitize puts NaN in the last bin: a null length of stay would become "14 days or
+        # more". The cohort keeps only stays with an outtime, so a null `icustays.los` is an error.
+        raise EhrcxrError(
+            f"{int(missing.sum())} base-cohort stays have no icustays.los: the length-of-stay "
+            "label (total ICU stay, binned from 2 days) cannot be derived"
+        )
     out["los_class"] = np.digitize(out["los_days"], LOS_BIN_EDGES_DAYS).astype(np.int8)
     dx = diagnoses.assign(
         icd_code=diagnoses["icd_code"].astype(str).str.strip(),

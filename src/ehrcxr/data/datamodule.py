@@ -94,19 +94,21 @@ def load_arrays(paths: DataPaths, task: Task, cohort: str) -> tuple[Arrays, Inpu
 def drop_images(arrays: Arrays, ratio: float, splits: tuple[str, ...], seed: int) -> torch.Tensor:
     """Film rows after removing films from a seeded ``ratio`` of the stays with one, per split.
 
-    The robustness sweep's missing-CXR ratio: in each split named, ⌊ratio · n⌋ of the n stays
-    that have a film lose it (the same stays for every epoch and every model with this seed).
+    The robustness sweep's missing-CXR ratio: in each split named, the stays that have a film are
+    put in one seeded random order and the first ⌊ratio · n⌋ of the n lose it. The removal is
+    nested: for a seed, the films removed at 0.4 include those removed at 0.2, so a robustness
+    curve measures missingness, not which films were drawn (the same stays every epoch and for
+    every model with this seed).
     """
     if not 0.0 <= ratio <= 1.0:
         raise EhrcxrError(f"missing ratio must be within [0, 1], not {ratio}")
     rows = arrays.cxr_row.clone()
     rng = np.random.default_rng(seed)
     for split in SPLITS:
-        if split not in splits:
-            continue
         candidates = np.flatnonzero((arrays.split == split) & (rows.numpy() >= 0))
-        n_drop = int(np.floor(ratio * len(candidates)))
-        rows[rng.choice(candidates, size=n_drop, replace=False)] = -1
+        order = rng.permutation(candidates)  # drawn for every split: each split's order is fixed
+        if split in splits:
+            rows[order[: int(np.floor(ratio * len(candidates)))]] = -1
     return rows
 
 
@@ -151,8 +153,13 @@ class EhrCxrDataModule(L.LightningDataModule):
         missing_ratio: float,
         missing_splits: tuple[str, ...],
         seed: int,
+        pin_memory: bool = False,
     ) -> None:
         super().__init__()
+        # Batches are slices of in-memory tensors (the films decoded once by cache-images), so
+        # loader workers would only add inter-process copies (`ehrcxr bench-train` measures the
+        # input share of a step); pinned memory speeds the copy to a GPU.
+        self.pin_memory = pin_memory
         self.paths, self.task, self.cohort = paths, task, cohort
         self.batch_size, self.seed = batch_size, seed
         self.missing_ratio, self.missing_splits = missing_ratio, missing_splits
@@ -175,14 +182,23 @@ class EhrCxrDataModule(L.LightningDataModule):
             collate_fn=self.collate,
             generator=generator,
             drop_last=drop_last,
+            pin_memory=self.pin_memory,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _drop_last(self, world: int) -> bool:
         # An incomplete last batch is dropped (a batch of one breaks BatchNorm1d in training),
         # unless that would leave a process without a batch (each process gets 1 / world of it).
-        world = self.trainer.world_size if self.trainer is not None else 1
+        return len(self.indices("train")) // world > self.batch_size
+
+    def train_batches(self, world: int = 1) -> int:
+        """Training batches per epoch on each of ``world`` processes."""
         per_process = len(self.indices("train")) // world
-        return self._loader("train", shuffle=True, drop_last=per_process > self.batch_size)
+        full, rest = divmod(per_process, self.batch_size)
+        return full + (1 if rest and not self._drop_last(world) else 0)
+
+    def train_dataloader(self) -> DataLoader:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return self._loader("train", shuffle=True, drop_last=self._drop_last(world))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

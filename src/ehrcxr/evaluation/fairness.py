@@ -21,27 +21,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-from ehrcxr.evaluation.metrics import THRESHOLD
+from ehrcxr.evaluation.metrics import THRESHOLD, expected_calibration_error
 from ehrcxr.evaluation.runs import summarize
 from ehrcxr.tasks import Task
 
 FAIRNESS_METRICS = ("auprc", "tpr", "fpr", "ece")
-
-
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int) -> float:
-    """ECE = Σ_b (n_b / n) · |mean p in b − mean y in b| over ``n_bins`` equal-width bins of [0, 1].
-
-    y: {0, 1} [N]; p: probabilities [N]. Bin b holds b/n_bins ≤ p < (b+1)/n_bins; p = 1 falls in
-    the last bin. NaN for an empty input.
-    """
-    y = np.asarray(y, dtype=float)
-    p = np.asarray(p, dtype=float)
-    if y.size == 0:
-        return float("nan")
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
-    sum_y = np.bincount(bins, weights=y, minlength=n_bins)
-    return float(np.abs(sum_p - sum_y).sum() / y.size)
 
 
 def group_metrics(y: np.ndarray, score: np.ndarray, decision: np.ndarray, n_bins: int) -> dict:
@@ -89,12 +73,15 @@ def attribute_gaps(
     """Gaps of one seed's predictions for one attribute.
 
     frame: the predictions of one seed and split; groups: the attribute's value per row of
-    ``frame`` (same index). Returns ``{"<metric>_gap": float, "groups": {group: {"n": int,
-    <metric>: value averaged over targets}}}``.
+    ``frame`` (same index). Returns ``{"<metric>_gap": float, "n_groups_included": int,
+    "groups": {group: {"n": int, "included": bool, <metric>: value averaged over targets}}}``;
+    every group is listed with its size, and a group smaller than ``min_group_size`` is not
+    included (its metrics NaN).
     """
     labels = groups.astype(str).to_numpy()
     names, counts = np.unique(labels, return_counts=True)
-    sizes = {str(g): int(n) for g, n in zip(names, counts, strict=True) if n >= min_group_size}
+    every = {str(g): int(n) for g, n in zip(names, counts, strict=True)}
+    sizes = {g: n for g, n in every.items() if n >= min_group_size}
     masks = {g: labels == g for g in sizes}
     per_target = [  # per target: {group: metrics}
         {g: group_metrics(y[m], score[m], decision[m], n_bins) for g, m in masks.items()}
@@ -104,9 +91,14 @@ def attribute_gaps(
         f"{metric}_gap": _nanmean([_gap([t[g][metric] for g in sizes]) for t in per_target])
         for metric in FAIRNESS_METRICS
     }
+    out["n_groups_included"] = len(sizes)
     out["groups"] = {
-        g: {"n": n} | {m: _nanmean([t[g][m] for t in per_target]) for m in FAIRNESS_METRICS}
-        for g, n in sizes.items()
+        g: {"n": n, "included": g in sizes}
+        | {
+            m: _nanmean([t[g][m] for t in per_target]) if g in sizes else float("nan")
+            for m in FAIRNESS_METRICS
+        }
+        for g, n in every.items()
     }
     return out
 
@@ -124,8 +116,10 @@ def fairness_report(
 
     predictions: a predictions file (stay_id, split, seed, prob_*, label_*); stays: one row per
     stay with ``stay_id`` and the ``attributes`` columns (the extraction's cohort table).
-    Returns ``{attribute: {"<metric>_gap": mean, ["<metric>_gap_std": std,] "groups": {group:
-    {"n", <metric>: mean over seeds}}}}``; undefined values are None.
+    Returns ``{attribute: {"<metric>_gap": mean, ["<metric>_gap_std": std,] "min_group_size",
+    "n_groups_included", "groups": {group: {"n", "included", <metric>: mean over seeds}}}}``;
+    undefined values (a gap needs two included groups where the metric is defined; a group
+    below ``min_group_size`` has no metrics) are None.
     """
     part = predictions[predictions["split"] == split]
     if part.empty:
@@ -152,9 +146,14 @@ def fairness_report(
             entry[f"{metric}_gap"] = summarize(values, np.mean)
             if len(runs) > 1:
                 entry[f"{metric}_gap_std"] = summarize(values, np.std)
+        entry["min_group_size"] = min_group_size
+        entry["n_groups_included"] = max(r["n_groups_included"] for r in runs)
         names = sorted({g for r in runs for g in r["groups"]})
         entry["groups"] = {
-            g: {"n": max(r["groups"][g]["n"] for r in runs if g in r["groups"])}
+            g: {
+                "n": max(r["groups"][g]["n"] for r in runs if g in r["groups"]),
+                "included": any(r["groups"][g]["included"] for r in runs if g in r["groups"]),
+            }
             | {
                 metric: summarize(
                     [r["groups"][g][metric] for r in runs if g in r["groups"]], np.mean

@@ -83,6 +83,30 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int) -> float:
+    """ECE = Σ_b (n_b / n) · |mean p in b − mean y in b| over ``n_bins`` equal-width bins of [0, 1].
+
+    y: {0, 1} [N]; p: probabilities [N]. Bin b holds b/n_bins ≤ p < (b+1)/n_bins; p = 1 falls in
+    the last bin. NaN for an empty input.
+    """
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    if y.size == 0:
+        return float("nan")
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
+    sum_y = np.bincount(bins, weights=y, minlength=n_bins)
+    return float(np.abs(sum_p - sum_y).sum() / y.size)
+
+
+def top_label_ece(y: np.ndarray, p: np.ndarray, n_bins: int) -> float:
+    """Multi-class ECE of the predicted class (Guo et al., 2017): the calibration error of the
+    top probability [N] against whether the argmax is the true class. y: int [N]; p: [N, K]."""
+    p = np.asarray(p, dtype=float)
+    correct = (p.argmax(axis=1) == np.asarray(y).astype(int)).astype(float)
+    return expected_calibration_error(correct, p.max(axis=1), n_bins)
+
+
 def selection_value(kind: str, y: np.ndarray, p: np.ndarray) -> float:
     """Validation selection metric: AUPRC (binary), macro AUPRC (multi-label), accuracy (LoS)."""
     if kind == "binary":

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ehrcxr.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
+from ehrcxr.evaluation.metrics import (
+    THRESHOLD,
+    binary_metrics,
+    expected_calibration_error,
+    multiclass_metrics,
+    multilabel_metrics,
+    top_label_ece,
+)
 from ehrcxr.tasks import Task
 
 DIGITS = 4
@@ -19,26 +26,52 @@ def summarize(values: list[float], fn) -> float | None:
 
 
 def _per_seed(
-    frame: pd.DataFrame, task: Task
+    frame: pd.DataFrame, task: Task, ece_bins: int
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """One seed's headline metrics and (phenotypes) per-label metrics, with the counts behind
+    them: positives and predictions at or above the 0.5 threshold."""
     if task.kind == "multiclass":
         p = frame[task.prob_columns].to_numpy()
-        return multiclass_metrics(frame[task.label_columns[0]].to_numpy(), p), {}
+        y = frame[task.label_columns[0]].to_numpy()
+        return multiclass_metrics(y, p) | {"ece": top_label_ece(y, p, ece_bins)}, {}
     y = frame[task.label_columns].to_numpy()
     p = frame[task.prob_columns].to_numpy()
+    ece = [expected_calibration_error(y[:, j], p[:, j], ece_bins) for j in range(y.shape[1])]
+    above = (p >= THRESHOLD).sum(axis=0)
     if task.kind == "binary":
-        return binary_metrics(y[:, 0], p[:, 0]), {}
+        counts = {"n_positive": int(y[:, 0].sum()), "n_predicted_positive": int(above[0])}
+        return binary_metrics(y[:, 0], p[:, 0]) | {"ece": ece[0]} | counts, {}
     macro, per_label = multilabel_metrics(y, p, list(task.labels))
+    for j, name in enumerate(task.labels):
+        per_label[name] |= {
+            "ece": ece[j],
+            "n_positive": int(y[:, j].sum()),
+            "n_predicted_positive": int(above[j]),
+        }
     # One column per metric across tasks: a phenotype run's AUROC is the macro AUROC.
-    return {k.removeprefix("macro_"): v for k, v in macro.items()}, per_label
+    headline = {k.removeprefix("macro_"): v for k, v in macro.items()}
+    headline["ece"] = float(np.mean(ece))
+    # Labels the model never flags at 0.5: their F1, recall and TPR are 0 by construction.
+    headline["labels_never_predicted_positive"] = int((above == 0).sum())
+    return headline, per_label
 
 
-def evaluate_predictions(predictions: pd.DataFrame, task: Task, split: str) -> tuple[dict, dict]:
+COUNTS = ("n_positive", "n_predicted_positive", "labels_never_predicted_positive")
+PER_LABEL = ("auprc", "auroc", "f1", "ece")
+
+
+def evaluate_predictions(
+    predictions: pd.DataFrame, task: Task, split: str, ece_bins: int
+) -> tuple[dict, dict]:
     """Metrics on ``split``: (headline, per label).
 
     Headline: each metric's mean over seeds, ``<metric>_std`` with several seeds, ``n_seeds``,
-    ``n_stays``; for phenotypes the metrics are macro means over the 25 labels. Per label
-    (phenotypes only, else empty): AUPRC and AUROC of each label, mean (and std) over seeds.
+    ``n_stays``; ``ece`` (``ece_bins`` equal-width bins; phenotypes: mean over labels; LoS: of
+    the predicted class); counts (mean over seeds where they depend on the model): mortality
+    ``n_positive`` and ``n_predicted_positive`` (≥ 0.5), phenotypes
+    ``labels_never_predicted_positive``, LoS ``class_counts``. For phenotypes the metrics are macro
+    means over the 25 labels. Per label (phenotypes only, else empty): AUPRC, AUROC, F1, ECE,
+    ``n_positive`` and ``n_predicted_positive`` of each label, mean (and std) over seeds.
     """
     part = predictions[predictions["split"] == split]
     if part.empty:
@@ -46,21 +79,25 @@ def evaluate_predictions(predictions: pd.DataFrame, task: Task, split: str) -> t
     seeds = sorted(part["seed"].unique())
     headline, per_label = [], []
     for seed in seeds:
-        h, pl = _per_seed(part[part["seed"] == seed], task)
+        h, pl = _per_seed(part[part["seed"] == seed], task, ece_bins)
         headline.append(h)
         per_label.append(pl)
-    out: dict = {"n_seeds": len(seeds), "n_stays": int((part["seed"] == seeds[0]).sum())}
+    first = part[part["seed"] == seeds[0]]
+    out: dict = {"n_seeds": len(seeds), "n_stays": len(first)}
+    if task.kind == "multiclass":
+        classes = first[task.label_columns[0]].value_counts()
+        out["class_counts"] = {str(k): int(classes.get(k, 0)) for k in range(task.n_outputs)}
     for key in headline[0]:
         values = [h[key] for h in headline]
         out[key] = summarize(values, np.mean)
-        if len(seeds) > 1:
+        if len(seeds) > 1 and key not in COUNTS:
             out[f"{key}_std"] = summarize(values, np.std)
     labels: dict = {}
     for name in task.labels if per_label[0] else ():
         labels[name] = {}
-        for key in ("auprc", "auroc"):
+        for key in (*PER_LABEL, "n_positive", "n_predicted_positive"):
             values = [pl[name][key] for pl in per_label]
             labels[name][key] = summarize(values, np.mean)
-            if len(seeds) > 1:
+            if len(seeds) > 1 and key in PER_LABEL:
                 labels[name][f"{key}_std"] = summarize(values, np.std)
     return out, labels

@@ -3,9 +3,11 @@
 Writes, for the evaluated split (params ``evaluate.split``):
 
 - ``--out`` (JSON, a DVC metric): each metric's mean over seeds and, with several seeds,
-  ``<metric>_std``; ``n_seeds`` and ``n_stays`` (phenotype metrics are macro means over the 25
-  labels);
-- ``--per-label-out`` (JSON): AUPRC and AUROC per phenotype (mean, and std with several seeds);
+  ``<metric>_std``; ``n_seeds``, ``n_stays``, the calibration error ``ece`` (params
+  ``fairness.ece_bins`` bins) and the counts behind the threshold metrics (evaluation/runs.py);
+  phenotype metrics are macro means over the 25 labels;
+- ``--per-label-out`` (JSON): AUPRC, AUROC, F1, ECE, positives and predicted positives per
+  phenotype (mean, and std with several seeds);
 - ``--fairness-out`` (JSON, a DVC metric; needs ``--stays``): per sensitive attribute of params
   ``fairness.attributes``, the best − worst group gap of AUPRC, TPR, FPR and ECE, and each
   group's size and values (evaluation/fairness.py).
@@ -49,14 +51,14 @@ def run(args: argparse.Namespace) -> None:
     split = params_mod.section(params, "evaluate")["split"]
     task = get_task(args.task)
     predictions = pd.read_parquet(args.predictions)
-    headline, per_label = evaluate_predictions(predictions, task, split)
+    fair = params_mod.section(params, "fairness")
+    headline, per_label = evaluate_predictions(predictions, task, split, int(fair["ece_bins"]))
     _write(args.out, headline)
     if args.per_label_out:
         _write(args.per_label_out, per_label)
     if args.fairness_out:
         if not args.stays:
             raise EhrcxrError("--fairness-out needs --stays (the cohort table)")
-        fair = params_mod.section(params, "fairness")
         stays = pd.read_parquet(args.stays, columns=["stay_id", *fair["attributes"]])
         report = fairness_report(
             predictions,

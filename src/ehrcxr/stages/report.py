@@ -55,7 +55,10 @@ def report_config(params: dict) -> ReportConfig:
         robustness_cohort=sweep["cohort"],
         robustness_metric=report["robustness_metric"],
         robustness_phenotypes=tuple(report["robustness_phenotypes"]),
+        missing_splits=tuple(params_mod.section(params, "train")["missing_splits"]),
         alpha=float(params_mod.section(params, "statistics")["alpha"]),
+        n_permutations=int(params_mod.section(params, "statistics")["n_permutations"]),
+        min_group_size=int(params_mod.section(params, "fairness")["min_group_size"]),
         modalities={m: model_modalities(m) for m in {*grid["models"], *sweep["models"]}},
     )
 

@@ -38,12 +38,12 @@ LATENT_FACTORS: dict[str, dict[str, object]] = {
     },
     "stroke": {"prevalence": 0.08, "modality": "ehr", "shows_as": "low GCS motor/verbal"},
     "fluid_overload": {
-        "prevalence": 0.35,
+        "prevalence": 0.5,
         "modality": "ehr",
         "shows_as": "daily weight +3 kg/day, HR +12, MBP +10",
     },
     "cardiomegaly": {
-        "prevalence": 0.35,
+        "prevalence": 0.5,
         "modality": "cxr",
         "shows_as": "enlarged heart silhouette",
     },
