@@ -145,10 +145,10 @@ class PlantedRuns:
         # The default profile trained long enough to learn the planted signal (CI-sized).
         params["train"].update(
             {
-                "max_epochs": 12,
+                "max_epochs": 16,
                 "max_batches": -1,  # epochs, not the default profile's batch budget
                 "min_epochs": 4,
-                "patience": 6,
+                "patience": 8,
                 "batch_size": 32,
                 "lr": 0.003,
             }

@@ -63,6 +63,16 @@ def test_same_seed_gives_identical_files_through_the_cli(tmp_path: Path) -> None
     assert a == b
 
 
+def test_the_manifest_lists_every_file_of_the_source_by_hash(small_source: Path) -> None:
+    """The readers' one DVC dependency: it changes whenever any file of the source does."""
+    manifest = pd.read_csv(small_source / "manifest.tsv", sep="\t")
+    files = {k: v for k, v in _digest(small_source).items() if k != "manifest.tsv"}
+    assert dict(zip(manifest["path"], manifest["sha256"], strict=True)) == files
+    sizes = {str(p.relative_to(small_source)): p.stat().st_size for p in small_source.rglob("*")}
+    assert all(sizes[p] == n for p, n in zip(manifest["path"], manifest["size"], strict=True))
+    assert any(p.endswith(".jpg") for p in manifest["path"])
+
+
 def test_another_seed_gives_other_data(tmp_path: Path, small_source: Path) -> None:
     from ehrcxr.data.synthetic import synthesize
 

@@ -298,18 +298,9 @@ class RunSpec:
     augment: AugmentConfig
 
 
-def train_one(
-    spec: RunSpec,
-    seed: int,
-    wandb_cfg: WandbConfig,
-    checkpoint_dir: Path,
-    fast_dev_run: bool = False,
-) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Train with one seed; return (predictions on val and test, learning curve).
-
-    Under multi-process data parallelism every process trains; only rank 0 predicts and returns,
-    the others return None.
-    """
+def build_run(spec: RunSpec, seed: int) -> tuple[EhrCxrDataModule, TrainModule]:
+    """The data and the LightningModule of one run of ``spec`` with ``seed`` (global RNGs
+    seeded, torch's thread count set): what ``ehrcxr train`` fits and ``bench-train`` times."""
     cfg = spec.train
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_num_threads(cfg.threads)
@@ -334,6 +325,23 @@ def train_one(
         spec.augment,
         prepare_loader=data.predict_loader("train") if hasattr(model, "prepare") else None,
     )
+    return data, module
+
+
+def train_one(
+    spec: RunSpec,
+    seed: int,
+    wandb_cfg: WandbConfig,
+    checkpoint_dir: Path,
+    fast_dev_run: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Train with one seed; return (predictions on val and test, learning curve).
+
+    Under multi-process data parallelism every process trains; only rank 0 predicts and returns,
+    the others return None.
+    """
+    cfg = spec.train
+    data, module = build_run(spec, seed)
     run_name = f"{spec.model_name}-{spec.task.name}-{spec.cohort}-seed{seed}"
     logger = _logger(
         wandb_cfg,

@@ -229,8 +229,13 @@ def paired_permutation_test(
     y: [N] or [N, L] labels; pred_a, pred_b: [N, O] outputs of the two models on the same stays.
     """
     observed, permuted = _permuted_differences(y, pred_a, pred_b, metric, n_permutations, seed)
+    return observed, _p_values(observed, permuted)
+
+
+def _p_values(observed: np.ndarray, permuted: np.ndarray) -> np.ndarray:
+    """One-sided p per column: (1 + #{permuted ≥ observed}) / (1 + n_permutations)."""
     at_least = (permuted >= observed[None] - TOLERANCE).sum(axis=0)
-    return observed, (1 + at_least) / (1 + n_permutations)
+    return (1 + at_least) / (1 + len(permuted))
 
 
 def _permuted_differences(
@@ -384,9 +389,7 @@ def compare_metric(
         observed, permuted = _permuted_differences(
             y, p[m], p[best], metric, spec.n_permutations, spec.seed, macro=True
         )
-        pvals = (1 + (permuted >= observed[None] - TOLERANCE).sum(axis=0)) / (
-            1 + spec.n_permutations
-        )
+        pvals = _p_values(observed, permuted)
         models[m] = {
             "value": _round(test_value[m]),
             "difference": _round(observed[-1]),

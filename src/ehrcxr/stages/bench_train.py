@@ -43,42 +43,14 @@ def _measure(job: tuple) -> dict:
     import lightning as L
     import torch
 
-    from ehrcxr.data.datamodule import DataPaths, EhrCxrDataModule
-    from ehrcxr.models import create_model
-    from ehrcxr.tasks import get_task
-    from ehrcxr.training import TrainModule
+    from ehrcxr.data.datamodule import DataPaths
+    from ehrcxr.stages.train import run_spec
+    from ehrcxr.training import build_run
 
     params, model_name, task_name, cohort, paths, batches, warmup = job
-    cfg = params_mod.train_config(params)
-    task = get_task(task_name)
-    torch.set_num_threads(cfg.threads)
-    seed = cfg.seeds[0]
-    L.seed_everything(seed, workers=True, verbose=False)
-    data = EhrCxrDataModule(
-        DataPaths(*(Path(p) for p in paths)),
-        task,
-        cohort,
-        cfg.batch_size,
-        cfg.missing_ratio,
-        cfg.missing_splits,
-        seed,
-        pin_memory=cfg.accelerator == "gpu",
-    )
-    model = create_model(
-        model_name,
-        data.inputs,
-        task.n_outputs,
-        params_mod.encoder_config(params),
-        params_mod.model_params(params, model_name),
-    )
-    module = TrainModule(
-        model,
-        task,
-        cfg.lr,
-        cfg.weight_decay,
-        params_mod.augment_config(params),
-        prepare_loader=data.predict_loader("train") if hasattr(model, "prepare") else None,
-    )
+    spec = run_spec(params, model_name, task_name, cohort, DataPaths(*(Path(p) for p in paths)))
+    cfg = spec.train
+    data, module = build_run(spec, cfg.seeds[0])
 
     class StepTimer(L.Callback):
         """Input and step time of each training batch after the warm-up; stops the fit."""

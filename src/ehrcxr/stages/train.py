@@ -15,8 +15,13 @@ import argparse
 import dataclasses
 import json
 import time
+from typing import TYPE_CHECKING
 
 from ehrcxr import params as params_mod
+
+if TYPE_CHECKING:
+    from ehrcxr.data.datamodule import DataPaths
+    from ehrcxr.training import RunSpec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +50,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def run_spec(
+    params: dict,
+    model: str,
+    task: str,
+    cohort: str,
+    paths: DataPaths,
+    missing_ratio: float | None = None,
+) -> RunSpec:
+    """One run of ``model`` on ``task`` and ``cohort`` as params.yaml (profile applied) says;
+    ``missing_ratio`` overrides ``train.missing_ratio``."""
+    from ehrcxr.tasks import get_task
+    from ehrcxr.training import RunSpec
+
+    cfg = params_mod.train_config(params)
+    if missing_ratio is not None:
+        cfg = dataclasses.replace(cfg, missing_ratio=missing_ratio)
+    return RunSpec(
+        model_name=model,
+        model_params=params_mod.model_params(params, model),
+        encoders=params_mod.encoder_config(params),
+        task=get_task(task),
+        cohort=cohort,
+        paths=paths,
+        train=cfg,
+        augment=params_mod.augment_config(params),
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -52,24 +85,13 @@ def run(args: argparse.Namespace) -> None:
 
     from ehrcxr.data.datamodule import DataPaths
     from ehrcxr.io import atomic_path
-    from ehrcxr.tasks import get_task
-    from ehrcxr.training import RunSpec, train_one
+    from ehrcxr.training import train_one
 
     params = params_mod.load(args.params)
-    cfg = params_mod.train_config(params)
-    if args.missing_ratio is not None:
-        cfg = dataclasses.replace(cfg, missing_ratio=args.missing_ratio)
+    paths = DataPaths(Path(args.extract), Path(args.features), Path(args.images))
+    spec = run_spec(params, args.model, args.task, args.cohort, paths, args.missing_ratio)
+    cfg = spec.train
     wandb_cfg = params_mod.wandb_config(params)
-    spec = RunSpec(
-        model_name=args.model,
-        model_params=params_mod.model_params(params, args.model),
-        encoders=params_mod.encoder_config(params),
-        task=get_task(args.task),
-        cohort=args.cohort,
-        paths=DataPaths(Path(args.extract), Path(args.features), Path(args.images)),
-        train=cfg,
-        augment=params_mod.augment_config(params),
-    )
     start = time.perf_counter()
     # Not atomic: under DDP every process writes here (rank 0 saves the checkpoints).
     out = Path(args.out)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import gzip
+import hashlib
 import importlib.resources
 import json
 import multiprocessing
@@ -157,7 +158,30 @@ def synthesize(out_dir: str | Path, n_patients: int, seed: int, workers: int = 2
         (tmp / "ground_truth.json").write_text(
             json.dumps(truth, separators=(",", ":"), sort_keys=True)
         )
+        write_manifest(tmp)
     return {"tables": counts, "images": len(images), "stays": len(pop.stays)}
+
+
+MANIFEST = "manifest.tsv"
+
+
+def write_manifest(root: Path) -> Path:
+    """``root``/manifest.tsv: ``path, size, sha256`` of every other file of the source, sorted.
+
+    The stages that read the source depend on this one file rather than on the folder: DVC then
+    walks the ≈ 11,500 files of the default source once per `dvc status`, for the synthesize
+    stage's output, instead of once more for each reader (≈ 4 s of a no-op `dvc status`). Only
+    `synthesize` writes the source, and it rewrites the manifest with it.
+    """
+    rows = ["path\tsize\tsha256"]
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        data = path.read_bytes()
+        rows.append(
+            f"{path.relative_to(root).as_posix()}\t{len(data)}\t{hashlib.sha256(data).hexdigest()}"
+        )
+    out = root / MANIFEST
+    out.write_text("\n".join(rows) + "\n")
+    return out
 
 
 def _write_database(
