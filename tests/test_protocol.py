@@ -428,7 +428,8 @@ def test_report_renders_from_metrics_fixture(tmp_path: Path) -> None:
     # Per-phenotype table: short names, prevalence, per-label markers, late_fusion ranks first.
     assert "| Sepsis | 10.0 % (20/200) | 0.200† | 0.201* |" in text
     assert "**1.00**" in text and "**2.00**" in text
-    assert "| late_fusion (EHR+CXR) | multimodal |" in text and "| lstm (EHR) | unimodal |" in text
+    assert "| late_fusion (EHR+CXR) | complete-modality |" in text
+    assert "| lstm (EHR) | unimodal |" in text
     # Robustness: r = 0 is the grid's matched run (auroc 0.7 / 0.8), then the sweep's stage.
     assert "| late_fusion (EHR+CXR) | 0.800 | 0.700 |" in text
     assert "nested" in text and "train, val, test" in text

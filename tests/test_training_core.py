@@ -264,6 +264,30 @@ def test_registry_names_are_module_names_and_grid_holds_every_model() -> None:
     assert broken_models() == {}
 
 
+def test_paradigms_are_the_carebench_papers_groups() -> None:
+    """Appendix C of the CareBench paper: unimodal baselines, complete-modality fusion methods
+    (given the placeholder: zero imputation) and missing-modality methods."""
+    groups = {
+        "unimodal": {"lstm", "transformer", "resnet"},
+        "complete-modality": {"late_fusion", "utde", "daft", "mmtm", "aug", "inforeg"},
+        "missing-modality": {
+            "healnet",
+            "flex_moe",
+            "drfuse",
+            "umse",
+            "shaspec",
+            "m3care",
+            "medfuse",
+            "smil",
+        },
+    }
+    assert {m: registry.model_paradigm(m) for m in list_models()} == {
+        m: g for g, members in groups.items() for m in members
+    }
+    with pytest.raises(ValueError, match="only a multimodal model"):
+        registry.register_model("probe", ("ehr",), missing_modality=True)
+
+
 def test_a_broken_model_module_is_reported_by_name(tmp_path: Path, monkeypatch) -> None:
     import ehrcxr.models as package
 

@@ -47,7 +47,11 @@ METRIC_TITLES = {
     "ece": "ECE",
 }
 ATTRIBUTE_TITLES = {"race_group": "Race", "gender": "Sex", "age_group": "Age"}
-PARADIGMS = {("ehr",): "unimodal", ("cxr",): "unimodal", ("ehr", "cxr"): "multimodal"}
+PARADIGM_STYLES = {  # robustness figure: line style and marker per paradigm
+    "unimodal": (":", "s"),
+    "complete-modality": ("-", "o"),
+    "missing-modality": ("--", "^"),
+}
 THRESHOLD_METRICS = ("f1", "precision", "recall")  # degenerate when nothing crosses 0.5
 NEVER_CROSSES = "‡"
 LOS_NOTE = (
@@ -77,6 +81,7 @@ class ReportConfig:
     n_permutations: int
     min_group_size: int  # fairness: smaller groups are left out of the gaps
     modalities: dict[str, tuple[str, ...]]  # model → the modalities it reads (registry)
+    paradigms: dict[str, str]  # model → unimodal | complete-modality | missing-modality
 
     @property
     def curve_ratios(self) -> tuple[float, ...]:
@@ -232,7 +237,7 @@ def task_table(config: ReportConfig, metrics: Metrics, task: str) -> tuple[str, 
     ]
     rows, degenerate = [], []
     for model in config.models:
-        row = [model_label(config, model), PARADIGMS[config.modalities[model]]]
+        row = [model_label(config, model), config.paradigms[model]]
         for cohort in config.cohorts:
             values = metrics.benchmark[(model, task, cohort)]
             flagged = never_crosses(values, _kind(task))
@@ -496,14 +501,27 @@ def robustness_figure(config: ReportConfig, frame: pd.DataFrame, task: str, path
     cols = min(3, len(labels))
     rows = int(np.ceil(len(labels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    # Up to 17 lines: one tab20 colour each, the paradigm as the line style and marker, so no two
+    # models look alike (matplotlib's default cycle repeats after 10).
+    palette = plt.get_cmap("tab20")
+    colours = {m: palette(i % 20) for i, m in enumerate(config.robustness_models)}
     for ax, label in zip(axes.flat, labels, strict=False):
         part = frame[frame["label"] == label]
         for model in config.robustness_models:
             line = part[part["model"] == model].sort_values("missing_ratio")
             x, y, s = line["missing_ratio"], line["mean"], line["std"]
-            ax.plot(x, y, marker="o", label=model)
+            style, marker = PARADIGM_STYLES[config.paradigms[model]]
+            ax.plot(
+                x,
+                y,
+                linestyle=style,
+                marker=marker,
+                markersize=4,
+                color=colours[model],
+                label=f"{model} ({config.paradigms[model]})",
+            )
             if s.notna().any():
-                ax.fill_between(x, y - s, y + s, alpha=0.2)
+                ax.fill_between(x, y - s, y + s, alpha=0.15, color=colours[model])
         title = "Overall" if label == "overall" else short.get(label, label)
         ax.set_title(f"{TASK_TITLES[task].split(' (')[0]}: {title}", fontsize=10)
         ax.set_xlabel("missing CXR ratio")
@@ -511,8 +529,9 @@ def robustness_figure(config: ReportConfig, frame: pd.DataFrame, task: str, path
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(labels) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=7)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * int(np.ceil(len(names) / 4)), 1, 1))
     _save(fig, path)
 
 

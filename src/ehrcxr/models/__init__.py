@@ -13,6 +13,7 @@ from ehrcxr.models.registry import (
     is_multimodal,
     list_models,
     model_modalities,
+    model_paradigm,
     register_model,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "is_multimodal",
     "list_models",
     "model_modalities",
+    "model_paradigm",
     "register_model",
 ]

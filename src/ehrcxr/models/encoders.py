@@ -283,6 +283,36 @@ class CxrResNetEncoder(nn.Module):
             has_cxr = torch.ones(len(image), dtype=torch.bool, device=image.device)
         return self.head(encode_films(self.net, image, has_cxr))
 
+    def present(self, image: torch.Tensor, has_cxr: torch.Tensor) -> torch.Tensor:
+        """[B, d] features of the stays that have a film; zeros for the others.
+
+        For missing-modality models, which replace an absent film by their own mechanism: the
+        placeholder rows are never run through the network (not even with BatchNorm frozen), so
+        nothing about them is computed from the image tensor. The zero rows carry no gradient to
+        the encoder and must be masked or replaced by the caller.
+        """
+        return present_rows(
+            lambda films: self.head(self.net(normalise_films(films))), image, has_cxr, self.dim
+        )
+
+
+def present_rows(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    has_cxr: torch.Tensor,
+    dim: int,
+) -> torch.Tensor:
+    """``fn`` over the rows of ``image`` [B, …] with a film only → [B, dim] (zeros elsewhere).
+
+    ``fn`` maps [n, …] → [n, dim]; rows without a film are never passed to it.
+    """
+    out = image.new_zeros(len(image), dim)
+    present = has_cxr.nonzero().squeeze(1)
+    if len(present) == 0:
+        return out
+    out[present] = fn(image[present]).to(out.dtype)
+    return out
+
 
 def cxr_resnet(enc: EncoderConfig) -> CxrResNetEncoder:
     """The shared CXR ResNet (depth and weights from ``encoders``) → [B, d]."""

@@ -25,7 +25,7 @@ from ehrcxr.models.encoders import (
 from ehrcxr.models.registry import register_model
 
 
-@register_model("medfuse", modalities=("ehr", "cxr"))
+@register_model("medfuse", modalities=("ehr", "cxr"), missing_modality=True)
 class MedFuse(nn.Module):
     """ehr_input [B, T, F + M], cxr [B, 1, H, W], has_cxr [B] → logits [B, C]."""
 

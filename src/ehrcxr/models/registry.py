@@ -5,7 +5,11 @@ the DVC stage id part, so a train stage imports exactly one model module (``get_
 and lists exactly that file among its dependencies. Constructors take explicit, typed
 arguments: ``inputs``, ``n_outputs``, ``encoders`` (the shared settings, params.yaml
 ``encoders``) and the model's own keys. Each model declares the modalities it reads (``ehr``,
-``cxr``): the evaluation compares every multimodal model with the best unimodal one.
+``cxr``): the evaluation compares every multimodal model with the best unimodal one. A
+multimodal model also declares whether it handles a stay without a film by its own mechanism
+(``missing_modality=True``: the CareBench paper's missing-modality methods) or is a
+complete-modality model given the placeholder (zero imputation); :func:`model_paradigm` names the
+three groups of the paper's tables.
 """
 
 from __future__ import annotations
@@ -24,23 +28,32 @@ from ehrcxr.errors import EhrcxrError
 from ehrcxr.models.encoders import EncoderConfig
 
 MODALITIES = ("ehr", "cxr")
+PARADIGMS = ("unimodal", "complete-modality", "missing-modality")  # CareBench paper, appendix C
 NOT_MODELS = ("registry", "encoders")  # modules of the package that hold no model
 _REGISTRY: dict[str, type[nn.Module]] = {}
 _MODALITIES: dict[str, tuple[str, ...]] = {}
+_PARADIGM: dict[str, str] = {}
 _BROKEN: dict[str, str] = {}  # module name → the last line of its import error
 
 
 def register_model(
-    name: str, modalities: tuple[str, ...]
+    name: str, modalities: tuple[str, ...], missing_modality: bool = False
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     if not modalities or set(modalities) - set(MODALITIES):
         raise ValueError(f"model {name!r}: modalities must be a non-empty subset of {MODALITIES}")
+    if missing_modality and len(modalities) < 2:
+        raise ValueError(f"model {name!r}: only a multimodal model can be a missing-modality one")
+    if len(modalities) < 2:
+        paradigm = "unimodal"
+    else:
+        paradigm = "missing-modality" if missing_modality else "complete-modality"
 
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = cls
         _MODALITIES[name] = tuple(m for m in MODALITIES if m in modalities)
+        _PARADIGM[name] = paradigm
         cls.registry_name = name
         return cls
 
@@ -99,6 +112,12 @@ def model_modalities(name: str) -> tuple[str, ...]:
     """The modalities ``name`` reads, in the order of ``MODALITIES``."""
     get_model_class(name)
     return _MODALITIES[name]
+
+
+def model_paradigm(name: str) -> str:
+    """``unimodal``, ``complete-modality`` or ``missing-modality`` (one of ``PARADIGMS``)."""
+    get_model_class(name)
+    return _PARADIGM[name]
 
 
 def is_multimodal(name: str) -> bool:

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def report_config(params: dict) -> ReportConfig:
     from ehrcxr.evaluation.report import ReportConfig
-    from ehrcxr.models import model_modalities
+    from ehrcxr.models import model_modalities, model_paradigm
 
     grid, sweep, report = (
         params_mod.section(params, name) for name in ("grid", "robustness", "report")
@@ -60,6 +60,7 @@ def report_config(params: dict) -> ReportConfig:
         n_permutations=int(params_mod.section(params, "statistics")["n_permutations"]),
         min_group_size=int(params_mod.section(params, "fairness")["min_group_size"]),
         modalities={m: model_modalities(m) for m in {*grid["models"], *sweep["models"]}},
+        paradigms={m: model_paradigm(m) for m in {*grid["models"], *sweep["models"]}},
     )
 
 
