@@ -33,8 +33,10 @@ postgres:
 repro: env
 	dvc repro
 
+# Two pytest-xdist workers share the 2 cores; the planted source and each planted training run
+# are built once for both (tests/conftest.py), so the minutes-long harness runs split between them.
 test: env postgres
-	pytest
+	pytest -n 2
 
 # Rerun the CI subset of the grid and compare its metrics with the committed ones (params: gate).
 gate: env
@@ -42,7 +44,7 @@ gate: env
 
 # A quick loop for development: without the minutes-long checks marked slow (CI runs them).
 test-quick: env postgres
-	pytest -m "not slow"
+	pytest -n 2 -m "not slow"
 
 lint: env
 	ruff check src tests

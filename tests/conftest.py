@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -105,29 +109,55 @@ PLANTED_PATIENTS = 8000
 PLANTED_SEED = 11
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a lock file): one pytest-xdist worker at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this test session shared by its pytest-xdist workers (``make test`` runs two:
+    the planted source and each planted run are built once, by whichever worker needs them
+    first). Without xdist: the session's own base folder."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def planted_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A source large enough to learn the planted signal from (8,000 patients, ≈ 1,200 matched
     stays), synthesised, extracted, featurised and cached through the CLI with the committed
-    params; shared by the known-answer tests."""
+    params; shared by the known-answer tests (and by the xdist workers)."""
     from ehrcxr.cli import main
 
-    root = tmp_path_factory.mktemp("planted")
-    p = ["--params", str(REPO / "params.yaml")]
-    src = root / "synthetic"
-    seed = ["--n-patients", str(PLANTED_PATIENTS), "--seed", str(PLANTED_SEED)]
-    assert main(["synthesize", "--out", str(src), *seed, *p]) == 0
-    assert main(["extract", "--synthetic", str(src), "--out", str(root / "extract"), *p]) == 0
-    featurize = ["featurize", "--extract", str(root / "extract"), "--out", str(root / "features")]
-    assert main([*featurize, *p]) == 0
-    cache = ["--synthetic", str(src), "--extract", str(root / "extract")]
-    assert main(["cache-images", *cache, "--out", str(root / "images"), *p]) == 0
-    return {
+    root = _session_dir(tmp_path_factory) / "planted"
+    paths = {
         "root": root,
         "extract": root / "extract",
         "features": root / "features",
         "images": root / "images",
     }
+    with _exclusive(root.with_suffix(".lock")):
+        if (root / "complete").exists():
+            return paths
+        root.mkdir(parents=True, exist_ok=True)
+        p = ["--params", str(REPO / "params.yaml")]
+        src = root / "synthetic"
+        seed = ["--n-patients", str(PLANTED_PATIENTS), "--seed", str(PLANTED_SEED)]
+        assert main(["synthesize", "--out", str(src), *seed, *p]) == 0
+        assert main(["extract", "--synthetic", str(src), "--out", str(paths["extract"]), *p]) == 0
+        featurize = ["featurize", "--extract", str(paths["extract"])]
+        assert main([*featurize, "--out", str(paths["features"]), *p]) == 0
+        cache = ["--synthetic", str(src), "--extract", str(paths["extract"])]
+        assert main(["cache-images", *cache, "--out", str(paths["images"]), *p]) == 0
+        (root / "complete").touch()
+    return paths
 
 
 class PlantedRuns:
@@ -157,7 +187,9 @@ class PlantedRuns:
         params["wandb"].update({"mode": "disabled", "dir": str(self.root)})
         self.root.mkdir(parents=True, exist_ok=True)
         self.params = self.root / "params.yaml"
-        self.params.write_text(yaml.safe_dump(params))
+        with _exclusive(self.root / "params.lock"):  # the xdist workers write the same file
+            if not self.params.exists():
+                self.params.write_text(yaml.safe_dump(params))
         self.seconds: dict[str, float] = {}
 
     def predictions(self, model: str, cohort: str = "matched", ratio: float = 0.0) -> pd.DataFrame:
@@ -167,7 +199,9 @@ class PlantedRuns:
 
         run = f"{model}-{cohort}-{ratio}"
         out = self.root / f"{run}.parquet"
-        if not out.exists():
+        with _exclusive(self.root / f"{run}.lock"):
+            if out.exists():  # trained by this worker or another
+                return pd.read_parquet(out)
             start = time.perf_counter()
             args = [
                 "train", "--model", model, "--task", "phenotype", "--cohort", cohort,
