@@ -33,10 +33,12 @@ postgres:
 repro: env
 	dvc repro
 
-# Two pytest-xdist workers share the 2 cores; the planted source and each planted training run
-# are built once for both (tests/conftest.py), so the minutes-long harness runs split between them.
+# Two pytest-xdist workers share the 2 cores, each pinned to its own (tests/conftest.py: the
+# training core caps its threads there); the planted source and each planted training run are
+# built once for both. `worksteal`: an idle worker takes queued tests from the busy one (the
+# harness's runs take minutes; plain `load` scheduling left one worker idle for the last ten).
 test: env postgres
-	pytest -n 2
+	pytest -n 2 --dist worksteal
 
 # Rerun the CI subset of the grid and compare its metrics with the committed ones (params: gate).
 gate: env
@@ -44,7 +46,7 @@ gate: env
 
 # A quick loop for development: without the minutes-long checks marked slow (CI runs them).
 test-quick: env postgres
-	pytest -n 2 -m "not slow"
+	pytest -n 2 --dist worksteal -m "not slow"
 
 lint: env
 	ruff check src tests

@@ -6,6 +6,8 @@ import contextlib
 import fcntl
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +17,64 @@ import pytest
 from ehrcxr.data.database import sqlite_url
 from ehrcxr.data.pg_cluster import TemporaryPostgres
 from ehrcxr.data.synthetic import synthesize
+from planted import build_planted, planted_paths
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist worker (and every process it starts: ``ehrcxr train``, DVC) runs on its
+    own share of the CPUs, so two workers' training runs never oversubscribe the cores: the
+    training core caps its threads at the affinity mask (``training.intra_op_threads``).
+    Unpinned, two concurrent 2-thread runs on 2 cores took 437 s each instead of 50 s."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cpus = sorted(os.sched_getaffinity(0))
+    if worker.startswith("gw") and count > 1 and len(cpus) >= count:
+        os.sched_setaffinity(0, cpus[int(worker[2:]) % count :: count])
+
+
+def _selects_planted_tests(config: pytest.Config) -> bool:
+    """Whether this session runs the tests that need the planted source (the whole suite, or
+    files among theirs), and does not deselect them (``-m "not slow"``)."""
+    if "not slow" in (config.option.markexpr or ""):
+        return False
+    needs = ("test_harness.py", "test_known_answers.py")
+    args = [str(a).split("::")[0] for a in config.args]
+    return not args or any(Path(a).is_dir() or Path(a).name in needs for a in args)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist, the controller (idle while its workers test) builds the planted source
+    in the background, holding its lock, so no worker waits idle for it."""
+    config = session.config
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        return
+    if not _selects_planted_tests(config):
+        return
+    root = config._tmp_path_factory.getbasetemp() / "planted"  # the workers' session folder
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(root.with_suffix(".lock"), "w")  # handed to the builder
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    log = open(root.with_suffix(".log"), "w")
+    # The builder inherits the locked descriptor: the lock is held until it exits.
+    config._planted_builder = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("planted.py")), str(root)],
+        pass_fds=[lock.fileno()],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    lock.close()
+    log.close()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    builder = getattr(session.config, "_planted_builder", None)
+    if builder is not None and builder.poll() is None:
+        builder.kill()
+        builder.wait()
+
 
 SMALL_PATIENTS = 200
 SMALL_SEED = 0
@@ -105,10 +163,6 @@ def small_data(small_source: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     }
 
 
-PLANTED_PATIENTS = 8000
-PLANTED_SEED = 11
-
-
 @contextlib.contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` (a lock file): one pytest-xdist worker at a time."""
@@ -131,33 +185,13 @@ def _session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def planted_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A source large enough to learn the planted signal from (8,000 patients, ≈ 1,200 matched
-    stays), synthesised, extracted, featurised and cached through the CLI with the committed
-    params; shared by the known-answer tests (and by the xdist workers)."""
-    from ehrcxr.cli import main
-
+    """The planted source (tests/planted.py), shared by the known-answer tests and the harness
+    (and by the xdist workers); built here unless the background builder did it."""
     root = _session_dir(tmp_path_factory) / "planted"
-    paths = {
-        "root": root,
-        "extract": root / "extract",
-        "features": root / "features",
-        "images": root / "images",
-    }
     with _exclusive(root.with_suffix(".lock")):
-        if (root / "complete").exists():
-            return paths
-        root.mkdir(parents=True, exist_ok=True)
-        p = ["--params", str(REPO / "params.yaml")]
-        src = root / "synthetic"
-        seed = ["--n-patients", str(PLANTED_PATIENTS), "--seed", str(PLANTED_SEED)]
-        assert main(["synthesize", "--out", str(src), *seed, *p]) == 0
-        assert main(["extract", "--synthetic", str(src), "--out", str(paths["extract"]), *p]) == 0
-        featurize = ["featurize", "--extract", str(paths["extract"])]
-        assert main([*featurize, "--out", str(paths["features"]), *p]) == 0
-        cache = ["--synthetic", str(src), "--extract", str(paths["extract"])]
-        assert main(["cache-images", *cache, "--out", str(paths["images"]), *p]) == 0
-        (root / "complete").touch()
-    return paths
+        if not (root / "complete").exists():
+            build_planted(root)
+    return planted_paths(root)
 
 
 class PlantedRuns:

@@ -139,6 +139,8 @@ class _Probe(nn.Module):
         self.register_buffer("prior", torch.zeros(4))
         self.seen_labels_in_forward = False
         self.prepared_rows = 0
+        self.calls: list[str] = []
+        self.pretrained: dict[str, object] = {}
         self.epochs: list[int] = []
         self.contexts: list[TrainContext] = []
         if manual:
@@ -149,7 +151,20 @@ class _Probe(nn.Module):
         x = batch.ehr[:, 0, :4] - self.prior
         return ModelOutput(logits=self.head(x) + self.other(x))
 
+    def pretrain(self, batches: list[Batch], ctx: TrainContext) -> None:
+        self.calls.append("pretrain")
+        self.pretrained = {
+            "grad": torch.is_grad_enabled(),
+            "rows": sum(len(b) for b in batches),
+            "labels": all(b.y is not None for b in batches),
+            "task": ctx.task.name,
+        }
+        loss = ctx.loss_fn(self.other(batches[0].ehr[:, 0, :4]), batches[0].y)
+        loss.backward()  # gradients work here (the core enables them)
+        self.other.zero_grad()
+
     def prepare(self, batches) -> None:
+        self.calls.append("prepare")
         rows = [b.ehr[:, 0, :4] for b in batches]
         self.prior.copy_(torch.cat(rows).mean(dim=0))
         self.prepared_rows = sum(len(r) for r in rows)
@@ -205,6 +220,8 @@ def test_model_owned_training_hooks(manual: bool) -> None:
     )  # fmt: skip
     trainer.fit(module, train_dataloaders=_loader(), val_dataloaders=_loader(16))
     assert probe.prepared_rows == 40 and not torch.equal(probe.prior, before["prior"])
+    assert probe.calls == ["pretrain", "prepare"]  # once each, pre-training first
+    assert probe.pretrained == {"grad": True, "rows": 40, "labels": True, "task": "mortality"}
     assert probe.epochs == [0, 1, 2]
     assert not probe.seen_labels_in_forward
     assert [c.epoch for c in probe.contexts[::5]] == [0, 1, 2] and probe.contexts[

@@ -177,6 +177,38 @@ def test_a_caller_that_dies_takes_its_command_along(
     assert not (tmp_path / "pred.parquet").exists()
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs to tell masks apart")
+def test_the_command_runs_on_the_callers_cpus(
+    small_data: dict[str, Path], tmp_path: Path, runtime: Path
+) -> None:
+    """A cold run inherits its caller's CPU affinity; so does a warm one, whatever the affinity
+    of the caller that started the server (the training core sizes its threads by it)."""
+    cpus = list(range(os.cpu_count() or 1))
+    seen = []
+    for mask in (cpus, cpus[-1:]):  # the first caller starts the server on every CPU
+        caller = subprocess.Popen(
+            _endless_training(small_data, tmp_path),
+            env=_env(runtime, True),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=lambda mask=mask: os.sched_setaffinity(0, mask),
+        )
+        try:
+            command = _command_under(runtime, caller)
+            # The fork has the server's mask until the command applies the caller's: poll.
+            deadline = time.monotonic() + 60
+            while os.sched_getaffinity(command) != set(mask) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen.append((os.sched_getaffinity(command), set(mask)))
+        finally:
+            caller.send_signal(signal.SIGINT)
+            caller.wait(timeout=60)
+        assert _wait_gone(command)
+    servers = _servers(runtime)
+    assert len(servers) == 1 and os.sched_getaffinity(servers[0]) == set(cpus)
+    assert [got for got, _ in seen] == [want for _, want in seen]
+
+
 def test_the_server_key_changes_with_what_a_fork_would_freeze(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -117,6 +117,9 @@ class TrainContext:
     - ``manual_training_step(batch, ctx) -> Tensor``: a whole step with several updates, using
       ``ctx.optimizers`` and ``ctx.backward`` (the core then switches to manual optimisation);
       returns the loss to log;
+    - ``pretrain(batches, ctx)``: once before fitting (before ``prepare``), with the training
+      split's batches (a list, unshuffled, labels included, films not augmented) and gradients
+      enabled: a model's own pre-training stage (MedFuse's unimodal encoder pre-training);
     - ``prepare(batches)``: once before fitting, with the unshuffled training split (priors,
       statistics; store them in buffers so they are part of the checkpoint);
     - ``on_train_epoch_end(ctx)``: epoch-level state (classifier assignment, learning windows).

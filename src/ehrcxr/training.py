@@ -131,9 +131,13 @@ class TrainModule(L.LightningModule):
 
     # ---- fitting -------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        device = self.device
+        pretrain = getattr(self.model, "pretrain", None)
+        if pretrain is not None and self.prepare_loader is not None:
+            with torch.enable_grad():
+                pretrain([batch.to(device) for batch in self.prepare_loader], self.context())
         prepare = getattr(self.model, "prepare", None)
         if prepare is not None and self.prepare_loader is not None:
-            device = self.device
             with torch.no_grad():
                 prepare(batch.to(device) for batch in self.prepare_loader)
 
@@ -235,6 +239,17 @@ class TrainConfig:
     precision: str  # Lightning's: 32-true | 16-mixed | bf16-mixed (mixed precision on a GPU)
 
 
+def intra_op_threads(requested: int) -> int:
+    """``train.threads``, capped at the CPUs this process may run on (its affinity mask).
+
+    More intra-op threads than CPUs make OpenMP's spinning workers steal each other's time
+    slices: two concurrent 2-thread runs on 2 cores took 437 s each, two 1-thread runs 50 s
+    (late fusion, planted source, 16 epochs). A process pinned to fewer CPUs (``taskset``, the
+    test suite's workers) therefore gets fewer threads.
+    """
+    return max(1, min(requested, len(os.sched_getaffinity(0))))
+
+
 def epochs(cfg: TrainConfig, batches_per_epoch: int) -> int:
     """The run's epoch limit: ``max_epochs``, and with a batch budget (``max_batches`` ≥ 0) the
     whole epochs that reach it, ⌈max_batches / batches per epoch⌉ (at least one).
@@ -303,7 +318,7 @@ def build_run(spec: RunSpec, seed: int) -> tuple[EhrCxrDataModule, TrainModule]:
     seeded, torch's thread count set): what ``ehrcxr train`` fits and ``bench-train`` times."""
     cfg = spec.train
     L.seed_everything(seed, workers=True, verbose=False)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(intra_op_threads(cfg.threads))
     data = EhrCxrDataModule(
         spec.paths,
         spec.task,
@@ -323,7 +338,11 @@ def build_run(spec: RunSpec, seed: int) -> tuple[EhrCxrDataModule, TrainModule]:
         cfg.lr,
         cfg.weight_decay,
         spec.augment,
-        prepare_loader=data.predict_loader("train") if hasattr(model, "prepare") else None,
+        prepare_loader=(
+            data.predict_loader("train")
+            if hasattr(model, "prepare") or hasattr(model, "pretrain")
+            else None
+        ),
     )
     return data, module
 

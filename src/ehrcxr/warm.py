@@ -152,6 +152,9 @@ def run(command: str, argv: list[str], cold: Callable[[list[str]], int]) -> int:
             "argv": [sys.argv[0], *argv],
             "cwd": os.getcwd(),
             "env": dict(os.environ),
+            # the CPUs this caller may run on: a cold run would inherit them, and the server's
+            # own (from whichever caller started it) may be others
+            "affinity": sorted(os.sched_getaffinity(0)),
             # how this interpreter was started (`-m module` or a script): launchers that re-run
             # the command (Lightning's DDP workers) read it from `__main__`
             "main_module": spec.name if spec is not None else None,
@@ -320,6 +323,7 @@ def _child(request: dict, fds: list[int]) -> None:
             os.close(fd)
         _reopen_standard_streams()
         os.chdir(request["cwd"])
+        os.sched_setaffinity(0, request["affinity"])
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])

@@ -1,5 +1,5 @@
 """HEALNet: a missing film skips its update, modality-specific cross-attention tied across
-layers, Fourier position encodings and patch tokens with known values."""
+layers, Fourier position encodings with known values, film tokens = the ResNet's patch grid."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ import math
 import pytest
 import torch
 
-from ehrcxr.models.healnet import (
-    HEALNet,
-    LatentBlock,
-    fourier_encode,
-    patchify,
-    position_encoding,
-    unpatchify,
-)
+from ehrcxr.models.encoders import normalise_films
+from ehrcxr.models.healnet import HEALNet, LatentBlock, fourier_encode, position_encoding
 
 
 def make_model(inputs, encoders, **kwargs) -> HEALNet:
@@ -26,7 +20,7 @@ def make_model(inputs, encoders, **kwargs) -> HEALNet:
 
 # ---- missing film: the update is skipped --------------------------------------------------------
 def test_image_cross_attention_sees_only_the_present_films(inputs, encoders, make_batch) -> None:
-    model = make_model(inputs, encoders, depth=2, patch=4).eval()
+    model = make_model(inputs, encoders, depth=2).eval()
     batch = make_batch(b=6).without_labels()  # stays 0 and 3 have no film
     present = batch.has_cxr.nonzero().squeeze(1)
     seen = []
@@ -38,7 +32,8 @@ def test_image_cross_attention_sees_only_the_present_films(inputs, encoders, mak
     handle.remove()
     assert [n for n, _ in seen] == [len(present)] * 2  # every layer, present rows only
     tokens = seen[0][1]
-    assert torch.equal(tokens[..., :16], patchify(batch.cxr[present], 4))  # the real films
+    with torch.no_grad():
+        assert torch.equal(tokens, model.cxr_tokens(batch.cxr[present]))  # the real films
 
 
 def test_no_film_latents_change_only_through_the_ehr(inputs, encoders, make_batch) -> None:
@@ -129,26 +124,28 @@ def test_fourier_encoding_known_values() -> None:
     assert torch.allclose(grid[5, 9:13], torch.sin(freqs * math.pi * 1.0), atol=1e-6)
 
 
-def test_patches_round_trip_the_pixels() -> None:
-    image = torch.arange(16.0).reshape(1, 1, 4, 4)
-    tokens = patchify(image, 2)
-    assert tokens.shape == (1, 4, 4)
-    assert tokens[0].tolist() == [
-        [0.0, 1, 4, 5],
-        [2.0, 3, 6, 7],
-        [8.0, 9, 12, 13],
-        [10.0, 11, 14, 15],
-    ]
-    assert torch.equal(unpatchify(tokens, 4, 2), image)
-    assert torch.equal(patchify(image, 1)[0, :, 0], torch.arange(16.0))  # raw pixels
-    films = torch.rand(3, 1, 32, 32)
-    assert torch.equal(unpatchify(patchify(films, 4), 32, 4), films)
+def test_film_tokens_are_the_resnet_patch_grid_with_its_positions(inputs, encoders) -> None:
+    inputs = dataclasses.replace(inputs, image_size=64)  # stage 3 (/16): a 4 × 4 grid
+    model = make_model(inputs, encoders, num_freq_bands=2, film_stage=3).eval()
+    films = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        maps = model.cxr_stages(normalise_films(films))  # [3, C, h, w]
+        tokens = model.cxr_tokens(films)
+    _, c, h, w = maps.shape
+    assert (h, w) == (4, 4) and c == 4 * encoders.resnet_width  # layer3's width
+    assert tokens.shape == (3, h * w, c + 2 * (2 * 2 + 1))
+    # Row-major grid: token r·w + q is the feature vector at row r, column q.
+    for r in range(h):
+        for q in range(w):
+            assert torch.equal(tokens[:, r * w + q, :c], maps[:, :, r, q])
+    expected = position_encoding((h, w), model.max_freq, 2)
+    assert torch.equal(tokens[0, :, c:], expected) and torch.equal(tokens[2, :, c:], expected)
 
 
 def test_invalid_settings_fail(inputs, encoders) -> None:
-    with pytest.raises(ValueError, match="divide"):
-        HEALNet(inputs, 1, encoders, patch=5)  # 32 px
     with pytest.raises(ValueError, match="depth"):
         HEALNet(inputs, 1, encoders, depth=0)
+    with pytest.raises(ValueError, match="film_stage"):
+        HEALNet(inputs, 1, encoders, film_stage=5)
     with pytest.raises(ValueError, match="max_freq"):
         HEALNet(inputs, 1, encoders, max_freq=0.0)

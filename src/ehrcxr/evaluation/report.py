@@ -256,7 +256,7 @@ def task_table(config: ReportConfig, metrics: Metrics, task: str) -> tuple[str, 
     if degenerate:
         if _kind(task) == "multilabel":
             listed = ", ".join(
-                f"{m} {c} {v['labels_never_predicted_positive']}/25" for m, c, v in degenerate
+                f"{m} {c} {v['labels_never_predicted_positive']:g}/25" for m, c, v in degenerate
             )
             notes.append(
                 f"{NEVER_CROSSES} labels on which the model never predicts ≥ 0.5 on the test "

@@ -34,8 +34,9 @@ Implemented here.
 - The film is one element at ``batch.cxr_time``: value embedding = the shared ResNet feature of
   the film (``cxr_resnet(encoders).present``, present rows only), + MLP_t(cxr_time / T) +
   E_feat[F] (its own feature type).
-- Fusion: ``layers`` MBT layers, each a modality-specific post-norm Transformer encoder layer
-  (``encoders.transformer_heads`` heads, FF 4d, ``encoders.dropout``) over
+- Fusion: ``layers`` MBT layers, each a modality-specific pre-norm Transformer encoder layer
+  (MBT is built on ViT: LayerNorm before the attention and the MLP, and a final LayerNorm of
+  each stream's CLS; ``encoders.transformer_heads`` heads, FF 4d, ``encoders.dropout``) over
   [bottleneck (``bottlenecks`` tokens) ‖ CLS_m ‖ elements_m]. New bottleneck: mean of the EHR
   and film copies for a stay with a film, the EHR copy alone for a stay without one — the film
   stream of such a stay is never computed (its rows are not in the film stream at all).
@@ -169,7 +170,12 @@ class UMSE(nn.Module):
 
         def layer() -> nn.TransformerEncoderLayer:
             block = nn.TransformerEncoderLayer(
-                dim, heads, dim_feedforward=4 * dim, dropout=dropout, batch_first=True
+                dim,
+                heads,
+                dim_feedforward=4 * dim,
+                dropout=dropout,
+                batch_first=True,
+                norm_first=True,  # MBT is a ViT: LayerNorm before attention and MLP
             )
             # No dropout on the attention weights (residual and FF dropout stay): with it the
             # attention runs unfused and sampling its [B, heads, L, L] mask alone tripled the
@@ -179,6 +185,7 @@ class UMSE(nn.Module):
 
         self.ehr_layers = nn.ModuleList(layer() for _ in range(layers))
         self.cxr_layers = nn.ModuleList(layer() for _ in range(layers))
+        self.ehr_norm, self.cxr_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)  # ViT's final norms
         self.modality_weight = nn.Parameter(torch.zeros(2))  # softmax → equal weights at start
         self.head = nn.Sequential(
             nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, n_outputs)
@@ -229,10 +236,10 @@ class UMSE(nn.Module):
                 fused = (new_bottleneck[present] + zc[:, :nb]) / 2
                 new_bottleneck = new_bottleneck.index_copy(0, present, fused)
             bottleneck = new_bottleneck
-        cls_ehr = ehr[:, 0]
+        cls_ehr = self.ehr_norm(ehr[:, 0])
         cls_cxr = cls_ehr.new_zeros(b, cls_ehr.shape[1])
         if n:
-            cls_cxr = cls_cxr.index_copy(0, present, cxr[:, 0])
+            cls_cxr = cls_cxr.index_copy(0, present, self.cxr_norm(cxr[:, 0]))
         # Softmax weights over the modalities a stay has (no film: weight 1 on the EHR CLS).
         scores = self.modality_weight.expand(b, -1).masked_fill(
             torch.stack([torch.zeros_like(batch.has_cxr), ~batch.has_cxr], dim=1), float("-inf")
