@@ -76,6 +76,36 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         builder.wait()
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The learning harness's figures as a table (``tests/test_harness.py`` records them in each
+    test's report, which pytest-xdist carries to this process): every run's log shows what each
+    model learned, not only whether it passed."""
+    rows = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":
+                continue
+            for name, figures in getattr(report, "user_properties", ()):
+                if name == "harness":
+                    rows.append((report.nodeid.split("[")[-1].rstrip("]"), report.outcome, figures))
+    if not rows:
+        return
+    terminalreporter.section("learning harness: test-split AUROC (one-sided 95 % lower bound)")
+    terminalreporter.line(
+        "model          outcome  image-only       EHR-only         CHF              "
+        "CHF vs best unimodal (Δ, 95 % upper)  run s"
+    )
+    for model, outcome, figures in sorted(rows):
+        cells = [
+            f"{figures[k][0]:.3f} ({figures[k][1]:.3f})"
+            for k in ("pleurisy_pneumothorax", "dysrhythmias", "chf")
+        ]
+        versus = figures.get("chf_vs")
+        versus = f"{versus[0]} {versus[1]:+.3f}, {versus[2]:+.3f}" if versus else "-"
+        line = f"{model:<14} {outcome:<8} " + " ".join(f"{c:<16}" for c in cells)
+        terminalreporter.line(f"{line} {versus:<37} {figures.get('seconds') or '-'}")
+
+
 SMALL_PATIENTS = 200
 SMALL_SEED = 0
 

@@ -92,10 +92,15 @@ def _harness_order() -> list[str]:
 
 
 @pytest.mark.parametrize("model", _harness_order())
-def test_model_learns_what_its_modalities_see(planted_runs, model: str) -> None:
+def test_model_learns_what_its_modalities_see(planted_runs, model: str, record_property) -> None:
     """Learning per modality, and for a fusion model non-inferiority on CHF (one test per model,
-    so one run per test: two tests of one model on two xdist workers made one wait)."""
+    so one run per test: two tests of one model on two xdist workers made one wait). The figures
+    go into the test's report (``harness``), which ``conftest.pytest_terminal_summary`` prints as
+    a table at the end of the session, passed or failed."""
     scores = _scores(planted_runs, model)
+    figures = {label: list(score) for label, score in scores.items()}
+    figures["seconds"] = planted_runs.seconds.get(f"{model}-matched-0.0")
+    record_property("harness", figures)
     modalities = model_modalities(model)
     if "cxr" in modalities:
         assert _learned(scores[IMAGE_ONLY]), (model, scores)
@@ -106,10 +111,10 @@ def test_model_learns_what_its_modalities_see(planted_runs, model: str) -> None:
     else:
         assert scores[EHR_ONLY][0] < NEAR_CHANCE, (model, scores)
     if len(modalities) > 1:
-        _not_worse_than_the_best_unimodal_baseline(planted_runs, model)
+        _not_worse_than_the_best_unimodal_baseline(planted_runs, model, figures)
 
 
-def _not_worse_than_the_best_unimodal_baseline(planted_runs, model: str) -> None:
+def _not_worse_than_the_best_unimodal_baseline(planted_runs, model: str, figures: dict) -> None:
     """Non-inferiority on CHF: the paired bootstrap (stays resampled) of AUROC(fusion) −
     AUROC(best unimodal) must not lie below 0 at the one-sided 5 % level."""
     best = max(UNIMODAL, key=lambda m: _scores(planted_runs, m)[NEEDS_BOTH][0])
@@ -123,4 +128,5 @@ def _not_worse_than_the_best_unimodal_baseline(planted_runs, model: str) -> None
     observed = roc_auc_score(y, p_fused) - roc_auc_score(y, p_ref)
     upper = float(np.quantile(diffs, 1 - ALPHA))
     print(f"harness {model} vs {best} on {NEEDS_BOTH}: Δ {observed:+.3f}, 95 % upper {upper:+.3f}")
+    figures["chf_vs"] = [best, float(observed), upper]  # the report's figures, set before asserting
     assert upper >= 0, (model, best, observed, upper)
