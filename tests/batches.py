@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from ehrcxr.batch import Batch, InputSpec
+from ehrcxr.batch import Batch, InputSpec, TrainContext
 from ehrcxr.tasks import get_task
+from ehrcxr.training import task_loss
 
 
 def random_batch(
@@ -34,4 +37,30 @@ def random_batch(
         cxr_time=(torch.rand(b, generator=g) * 72 - 24) * has,
         stay_id=torch.arange(b),
         y=y,
+    )
+
+
+def train_context(
+    task_name: str = "mortality",
+    *,
+    epoch: int = 0,
+    max_epochs: int = 1,
+    optimizers: list[torch.optim.Optimizer] | None = None,
+    logged: dict[str, list[float]] | None = None,
+    backward: Callable[[torch.Tensor], None] | None = None,
+) -> TrainContext:
+    """A ``TrainContext`` as the training core builds it, outside Lightning: the task's own loss,
+    ``loss.backward()`` as the backward unless given, every ``log(name, value)`` appended to
+    ``logged[name]``."""
+    task = get_task(task_name)
+    sink = {} if logged is None else logged
+    return TrainContext(
+        task=task,
+        loss_fn=lambda logits, y: task_loss(task, logits, y),
+        epoch=epoch,
+        max_epochs=max_epochs,
+        step=0,
+        log=lambda name, value: sink.setdefault(name, []).append(float(value)),
+        optimizers=list(optimizers or []),
+        backward=backward if backward is not None else (lambda loss: loss.backward()),
     )

@@ -3,6 +3,7 @@ run (outputs, exit status, logs), signals reach it, and it never serves stale co
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -178,6 +179,47 @@ def test_a_caller_that_dies_takes_its_command_along(
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs to tell masks apart")
+def test_a_caller_that_hangs_up_before_its_pid_leaves_no_command_behind(
+    small_data: dict[str, Path], tmp_path: Path, runtime: Path
+) -> None:
+    """A caller that is gone before the server replies with the command's pid (Ctrl-C at once):
+    the command is killed rather than orphaned, and the server goes on serving. (The server
+    used to die of the failed reply, leaving an endless command running without a caller.)"""
+    started = subprocess.run(  # starts the server (a command that fails at once)
+        _train(small_data, tmp_path, model="no_such_model"), env=_env(runtime, True)
+    )
+    assert started.returncode == 2
+    (server,) = _servers(runtime)
+    (path,) = runtime.glob("ehrcxr-warm-*/train-*.sock")
+    argv = _endless_training(small_data, tmp_path)
+    request = {
+        "argv": argv[2:],
+        "cwd": str(tmp_path),
+        "env": _env(runtime, True),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "main_module": "ehrcxr.cli",
+        "main_file": None,
+    }
+    payload = json.dumps(request).encode()
+    with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
+        fds = [null_in.fileno(), null_out.fileno(), null_out.fileno()]
+        for _ in range(3):
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.connect(str(path))
+            socket.send_fds(conn, [len(payload).to_bytes(8, "big")], fds)
+            conn.sendall(payload)
+            conn.close()  # gone before the pid arrives
+    deadline = time.monotonic() + 60
+    while _children(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _children(server) == [], "a command outlived its caller"
+    assert _servers(runtime) == [server]
+    again = subprocess.run(
+        _train(small_data, tmp_path, model="no_such_model"), env=_env(runtime, True)
+    )
+    assert again.returncode == 2 and _servers(runtime) == [server]  # served by the same server
+
+
 def test_the_command_runs_on_the_callers_cpus(
     small_data: dict[str, Path], tmp_path: Path, runtime: Path
 ) -> None:

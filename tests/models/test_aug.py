@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from batches import train_context
 from ehrcxr.batch import TrainContext
 from ehrcxr.models.aug import AUG, CXR, EHR
 from ehrcxr.tasks import TASKS, get_task
@@ -21,16 +22,9 @@ def make_model(inputs, encoders, n_outputs: int = 1, **kwargs) -> AUG:
 
 
 def context(task_name: str, opt=None, backward=None, epoch: int = 0) -> TrainContext:
-    task = get_task(task_name)
-    return TrainContext(
-        task=task,
-        loss_fn=lambda logits, y: task_loss(task, logits, y),
-        epoch=epoch,
-        max_epochs=10,
-        step=0,
-        log=lambda name, value: None,
-        optimizers=[opt] if opt is not None else [],
-        backward=backward if backward is not None else (lambda loss: loss.backward()),
+    optimizers = [opt] if opt is not None else None
+    return train_context(
+        task_name, epoch=epoch, max_epochs=10, optimizers=optimizers, backward=backward
     )
 
 

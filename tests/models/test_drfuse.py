@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from ehrcxr.batch import TrainContext
+from batches import train_context
 from ehrcxr.data.augment import AugmentConfig
 from ehrcxr.models.drfuse import (
     CXR_DISTINCT,
@@ -17,26 +17,12 @@ from ehrcxr.models.drfuse import (
     logit_average,
 )
 from ehrcxr.tasks import get_task
-from ehrcxr.training import TrainModule, task_loss
+from ehrcxr.training import TrainModule
 
 
 def make_model(inputs, encoders, n_outputs: int = 25, **kwargs) -> DrFuse:
     torch.manual_seed(0)
     return DrFuse(inputs, n_outputs, encoders, **kwargs)
-
-
-def context(task_name: str, logged: dict | None = None) -> TrainContext:
-    task = get_task(task_name)
-    return TrainContext(
-        task=task,
-        loss_fn=lambda logits, y: task_loss(task, logits, y),
-        epoch=0,
-        max_epochs=1,
-        step=0,
-        log=(lambda n, v: logged.__setitem__(n, float(v)))
-        if logged is not None
-        else (lambda n, v: None),
-    )
 
 
 def test_attention_is_per_label_and_ignores_the_cxr_token_without_a_film(
@@ -112,9 +98,9 @@ def test_cxr_terms_are_masked_without_films(inputs, encoders, make_batch) -> Non
     model = make_model(inputs, encoders).train()
     batch = make_batch("phenotype", b=6, films=False)
     logged: dict = {}
-    loss = model.training_loss(batch, context("phenotype", logged))
+    loss = model.training_loss(batch, train_context("phenotype", logged=logged))
     loss.backward()
-    assert logged["train/drfuse_jsd"] == 0 and logged["train/drfuse_cos_cxr"] == 0
+    assert logged["train/drfuse_jsd"] == [0] and logged["train/drfuse_cos_cxr"] == [0]
     for encoder in (model.cxr_shared, model.cxr_distinct):
         assert all(p.grad is None or not p.grad.any() for p in encoder.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.ehr_trunk.parameters())
@@ -125,7 +111,7 @@ def test_training_loss_adds_every_weighted_term(inputs, encoders, make_batch) ->
     zero = {k: 0.0 for k in DrFuse(inputs, 25, encoders).weights}
     model = make_model(inputs, encoders, **zero).eval()  # eval: no dropout, deterministic
     with torch.no_grad():
-        only_final = model.training_loss(batch, context("phenotype"))
+        only_final = model.training_loss(batch, train_context("phenotype"))
         final = F.binary_cross_entropy_with_logits(model(batch.without_labels()).logits, batch.y)
     assert torch.isclose(only_final, final)
     model.weights = {**zero, "lambda_pred_cxr": 1.0}
@@ -133,13 +119,13 @@ def test_training_loss_adds_every_weighted_term(inputs, encoders, make_batch) ->
         r = model.predict(batch.without_labels())
         cxr = F.binary_cross_entropy_with_logits(r["cxr"], batch.y, reduction="none").mean(1)
         expected = final + cxr[batch.has_cxr].mean()
-        assert torch.isclose(model.training_loss(batch, context("phenotype")), expected)
+        assert torch.isclose(model.training_loss(batch, train_context("phenotype")), expected)
 
 
 def test_los_and_mortality_losses_run(inputs, encoders, make_batch) -> None:
     for task_name, n in (("los", 7), ("mortality", 1)):
         model = make_model(inputs, encoders, n_outputs=n).train()
-        loss = model.training_loss(make_batch(task_name, b=6), context(task_name))
+        loss = model.training_loss(make_batch(task_name, b=6), train_context(task_name))
         assert torch.isfinite(loss)
         loss.backward()
 

@@ -8,10 +8,9 @@ import dataclasses
 import pytest
 import torch
 
-from ehrcxr.batch import TrainContext
+from batches import train_context
 from ehrcxr.models.inforeg import InfoReg
 from ehrcxr.tasks import get_task
-from ehrcxr.training import task_loss
 
 
 def build(inputs, encoders, n_outputs: int = 1, **kwargs) -> InfoReg:
@@ -20,18 +19,7 @@ def build(inputs, encoders, n_outputs: int = 1, **kwargs) -> InfoReg:
 
 
 def context(task_name: str, optimizer: torch.optim.Optimizer, logged: dict | None = None):
-    task = get_task(task_name)
-    logged = {} if logged is None else logged
-    return TrainContext(
-        task=task,
-        loss_fn=lambda logits, y: task_loss(task, logits, y),
-        epoch=0,
-        max_epochs=10,
-        step=0,
-        log=lambda name, value: logged.setdefault(name, []).append(float(value)),
-        optimizers=[optimizer],
-        backward=lambda loss: loss.backward(),
-    )
+    return train_context(task_name, max_epochs=10, optimizers=[optimizer], logged=logged)
 
 
 def end_epoch_with_trace(model: InfoReg, trace: float) -> None:

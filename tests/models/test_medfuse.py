@@ -9,23 +9,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from ehrcxr.batch import Batch, InputSpec, TrainContext
+from batches import train_context
+from ehrcxr.batch import Batch, InputSpec
 from ehrcxr.models.encoders import EncoderConfig
 from ehrcxr.models.medfuse import MedFuse
-from ehrcxr.tasks import get_task
-from ehrcxr.training import task_loss
-
-
-def context() -> TrainContext:
-    task = get_task("mortality")
-    return TrainContext(
-        task=task,
-        loss_fn=lambda logits, y: task_loss(task, logits, y),
-        epoch=0,
-        max_epochs=1,
-        step=0,
-        log=lambda name, value: None,
-    )
 
 
 def planted(make_batch: Callable[..., Batch], n: int = 4) -> list[Batch]:
@@ -58,7 +45,7 @@ def test_pretraining_moves_only_the_ehr_encoder_towards_the_task(
     before = {k: v.clone() for k, v in model.state_dict().items()}
     probe_before = loss_of_a_linear_probe(model, batches)
     model.train()
-    model.pretrain(batches, context())
+    model.pretrain(batches, train_context())
     assert model.training  # the mode it was in
     after = model.state_dict()
     assert after.keys() == before.keys()  # the pre-training classifier was discarded
@@ -73,7 +60,7 @@ def test_zero_batches_is_the_randomly_initialised_variant(
     torch.manual_seed(0)
     model = MedFuse(inputs, 1, encoders, ehr_pretrain_batches=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.pretrain(planted(make_batch), context())
+    model.pretrain(planted(make_batch), train_context())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="ehr_pretrain"):
         MedFuse(inputs, 1, encoders, ehr_pretrain_batches=-1)

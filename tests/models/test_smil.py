@@ -12,29 +12,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ehrcxr.batch import Batch, InputSpec, TrainContext
+from batches import train_context
+from ehrcxr.batch import Batch, InputSpec
 from ehrcxr.data.augment import AugmentConfig
 from ehrcxr.models.encoders import EncoderConfig
 from ehrcxr.models.smil import SMIL, kmeans
 from ehrcxr.tasks import get_task
-from ehrcxr.training import TrainModule, task_loss
+from ehrcxr.training import TrainModule
 
 
 def make_model(inputs: InputSpec, encoders: EncoderConfig, **kwargs) -> SMIL:
     torch.manual_seed(0)
     return SMIL(inputs, 1, encoders, **kwargs)
-
-
-def context(task_name: str = "mortality") -> TrainContext:
-    task = get_task(task_name)
-    return TrainContext(
-        task=task,
-        loss_fn=lambda logits, y: task_loss(task, logits, y),
-        epoch=0,
-        max_epochs=1,
-        step=0,
-        log=lambda name, value: None,
-    )
 
 
 def outer_loss_and_gradient(
@@ -45,7 +34,7 @@ def outer_loss_and_gradient(
         model.centres.normal_(generator=torch.Generator().manual_seed(1))
         model.prior_ready.fill_(True)
     torch.manual_seed(7)  # the same split, noise and dropout masks for both learning rates
-    parts = model.meta_losses(batch, context())
+    parts = model.meta_losses(batch, train_context())
     params = list(model.infer.parameters()) + list(model.regulariser.parameters())
     grads = torch.autograd.grad(parts["val"], params, allow_unused=True)
     return parts["val"].detach(), [
@@ -117,7 +106,7 @@ def test_training_reads_a_real_film_and_distils_only_into_the_reconstruction(
             for p in model.infer.parameters():
                 p.mul_(infer_scale)
         torch.manual_seed(7)  # the same split, noise and dropout masks
-        return model, model.meta_losses(batch, context())
+        return model, model.meta_losses(batch, train_context())
 
     (model, a), (_, b) = parts_with(1.0), parts_with(-3.0)
     assert torch.allclose(a["train"], b["train"]) and torch.allclose(a["task"], b["task"])
@@ -197,13 +186,13 @@ def test_training_steps_keep_the_priors_in_the_trained_feature_space(
     model = make_model(inputs, encoders, n_clusters=2).train()
     batch = make_batch(b=9, seed=5)
     assert not bool(model.prior_ready)
-    model.training_loss(batch, context())  # no prepare: the first step fits the batch's films
+    model.training_loss(batch, train_context())  # no prepare: the first step fits the batch's films
     assert bool(model.prior_ready)
     with torch.no_grad():
         model.centres.fill_(5.0)
         feats = model.cxr.present(batch.cxr, batch.has_cxr)[batch.has_cxr]
     before = model.centres.clone()
-    model.training_loss(batch, context())
+    model.training_loss(batch, train_context())
     # One centre took all the features (the other was equidistant: the first one wins), and
     # moved PRIOR_MOMENTUM of the way to their mean; the other did not move.
     moved = (model.centres - before).abs().amax(dim=1) > 0

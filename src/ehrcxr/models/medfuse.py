@@ -55,7 +55,7 @@ class MedFuse(nn.Module):
         encoders: EncoderConfig,
         ehr_layers: int = 2,
         fusion_hidden: int = 512,
-        ehr_pretrain_batches: int = 300,
+        ehr_pretrain_batches: int = 1000,
         ehr_pretrain_lr: float = 1e-3,
     ) -> None:
         super().__init__()
