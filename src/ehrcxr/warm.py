@@ -161,10 +161,6 @@ def run(command: str, argv: list[str], cold: Callable[[list[str]], int]) -> int:
             "main_file": getattr(main, "__file__", None),
         }
         payload = json.dumps(request).encode()
-        # A signal that arrives before the command's pid is known waits (blocked) and is then
-        # forwarded, as it would reach a cold command; unblocked, it would end this caller
-        # alone (and the server would then kill the command without its own shutdown).
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED_SIGNALS)
         try:
             fds = [0, 1, 2]
             for fd in fds:
@@ -173,11 +169,9 @@ def run(command: str, argv: list[str], cold: Callable[[list[str]], int]) -> int:
             conn.sendall(payload)
             pid = int(_read_line(replies))
         except (OSError, ValueError):
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             return cold(argv)
         forward = lambda sig, _frame: _kill(pid, sig)  # noqa: E731
         previous = {s: signal.signal(s, forward) for s in _FORWARDED_SIGNALS}
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # what waited is forwarded now
         try:
             status = int(_read_line(replies))
         except (OSError, ValueError):
