@@ -93,20 +93,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
                     rows.append((report.nodeid.split("[")[-1].rstrip("]"), outcome, figures))
     if not rows:
         return
+    labels = [label for label, _, _ in rows[0][2]["scores"]]  # the harness's phenotypes, in order
     terminalreporter.section("learning harness: test-split AUROC (one-sided 95 % lower bound)")
     terminalreporter.line(
-        "model          outcome  image-only       EHR-only         CHF              "
-        "CHF vs best unimodal (Δ, 95 % upper)  run s"
+        f"{'model':<14} {'outcome':<8} "
+        + " ".join(f"{label[:16]:<16}" for label in labels)
+        + f" {'needs-both vs best unimodal (Δ, upper)':<37} run s"
     )
     for model, outcome, figures in sorted(rows):
-        cells = [
-            f"{figures[k][0]:.3f} ({figures[k][1]:.3f})"
-            for k in ("pleurisy_pneumothorax", "dysrhythmias", "chf")
-        ]
-        versus = figures.get("chf_vs")
+        cells = " ".join(
+            f"{f'{auroc:.3f} ({lower:.3f})':<16}" for _, auroc, lower in figures["scores"]
+        )
+        versus = figures.get("vs_best_unimodal")
         versus = f"{versus[0]} {versus[1]:+.3f}, {versus[2]:+.3f}" if versus else "-"
-        line = f"{model:<14} {outcome:<8} " + " ".join(f"{c:<16}" for c in cells)
-        terminalreporter.line(f"{line} {versus:<37} {figures.get('seconds') or '-'}")
+        terminalreporter.line(
+            f"{model:<14} {outcome:<8} {cells} {versus:<37} {figures.get('seconds') or '-'}"
+        )
 
 
 SMALL_PATIENTS = 200

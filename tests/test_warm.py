@@ -178,7 +178,6 @@ def test_a_caller_that_dies_takes_its_command_along(
     assert not (tmp_path / "pred.parquet").exists()
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs to tell masks apart")
 def test_a_caller_that_hangs_up_before_its_pid_leaves_no_command_behind(
     small_data: dict[str, Path], tmp_path: Path, runtime: Path
 ) -> None:
@@ -220,6 +219,7 @@ def test_a_caller_that_hangs_up_before_its_pid_leaves_no_command_behind(
     assert again.returncode == 2 and _servers(runtime) == [server]  # served by the same server
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs to tell masks apart")
 def test_the_command_runs_on_the_callers_cpus(
     small_data: dict[str, Path], tmp_path: Path, runtime: Path
 ) -> None:
