@@ -86,6 +86,12 @@ def test_the_command_writes_one_file_per_registered_model(tmp_path: Path) -> Non
     out = tmp_path / "config"
     assert main(["configure", "--out", str(out), "--params", str(REPO / "params.yaml")]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([*(f"train-{m}.json" for m in model_modules()), "evaluate.json"])
+    assert names == sorted(
+        [
+            *(f"train-{m}.json" for m in model_modules()),
+            *(f"tune-{m}.json" for m in model_modules()),
+            "evaluate.json",
+        ]
+    )
     lstm = json.loads((out / "train-lstm.json").read_text())
     assert lstm == configure.train_config(params_mod.load(REPO / "params.yaml"), "lstm")

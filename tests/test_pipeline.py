@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +72,23 @@ def scratch_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         {"models": ["late_fusion"], "tasks": ["mortality"], "cohort": "base", "ratios": [0.5]}
     )
     params["statistics"]["n_permutations"] = 200
-    params["model"], params["task"], params["cohort"] = "lstm", "mortality", "base"
+    # One search on a tiny space (3 calls, the first 2 random); the experiment stage trains the
+    # searched cell, so its model is built from the search's best configuration.
+    params["tune"].update(
+        {
+            "models": ["flex_moe"],
+            "tasks": ["mortality"],
+            "cohorts": ["base"],
+            "n_calls": 3,
+            "n_initial_points": 2,
+            "seeds": [42],
+        }
+    )
+    params["models"]["flex_moe"]["search"] = {
+        "n_experts": {"choices": [4, 16]},
+        "gate_loss_weight": {"low": 0.001, "high": 0.1},
+    }
+    params["model"], params["task"], params["cohort"] = "flex_moe", "mortality", "base"
     params["train"]["max_epochs"] = 1
     params["wandb"]["mode"] = "disabled"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -114,11 +132,28 @@ def test_dvc_repro_push_and_pull_the_synthetic_source(
         "evaluate@late_fusion-mortality-base",
         "robustness@late_fusion-mortality-0.5",
         "configure",
+        "hyperparameters",
         "statistics",
         "report",
         "experiment",
     ):
         assert stage in lock["stages"]
+    # The search ran as its own stage and its best configuration built the experiment's model.
+    tune_lock = yaml.safe_load((repo / "pipeline" / "tune" / "dvc.lock").read_text())["stages"]
+    assert list(tune_lock) == ["tune@flex_moe-mortality-base"]
+    trials = pd.read_csv(repo / "metrics" / "tuning" / "flex_moe-mortality-base.csv")
+    assert list(trials["call"]) == [1, 2, 3] and trials["best"].is_monotonic_increasing
+    best = json.loads((repo / "data/tuning/flex_moe-mortality-base/best.json").read_text())
+    assert best["value"] == trials["value"].max()
+    cell = json.loads((repo / "data/hyperparameters/flex_moe-mortality-base.json").read_text())
+    assert cell["source"] == "tune@flex_moe-mortality-base"
+    assert cell["params"]["n_experts"] == best["hyperparameters"]["n_experts"] != 8
+    state = torch.load(repo / "models/experiment/seed42.ckpt", weights_only=False)["state_dict"]
+    gates = [v for k, v in state.items() if k.endswith("w_gate.weight")]
+    assert gates and all(g.shape[0] == cell["params"]["n_experts"] for g in gates)
+    assert (repo / "metrics" / "tuning" / "flex_moe-mortality-base.png").is_file()
+    deps = [d["path"] for d in grid["train@lstm-mortality-base"]["deps"]]
+    assert "data/hyperparameters/lstm-mortality-base.json" in deps
     stats = json.loads((repo / "metrics" / "statistics.json").read_text())
     test = stats["mortality"]["base"]["metrics"]["auroc"]
     assert test["best_unimodal"] == "lstm" and 0 < test["models"]["late_fusion"]["p_value"] <= 1

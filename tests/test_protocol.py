@@ -281,7 +281,8 @@ def _write(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload))
 
 
-def test_report_renders_from_metrics_fixture(tmp_path: Path) -> None:
+@pytest.mark.parametrize("n_seeds", [1, 3])
+def test_report_renders_from_metrics_fixture(tmp_path: Path, n_seeds: int) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["grid"] = {
         "models": ["lstm", "late_fusion"],
@@ -322,13 +323,15 @@ def test_report_renders_from_metrics_fixture(tmp_path: Path) -> None:
                 "accuracy": 0.4,
                 "macro_f1": 0.3,
                 "kappa_quadratic": None,  # undefined: shown as n/a, never 0
-                "n_seeds": 1,
+                "n_seeds": n_seeds,
                 "n_stays": 200,
                 "n_positive": 25,
                 "n_predicted_positive": 7 * i,  # lstm never crosses 0.5
                 "labels_never_predicted_positive": 3,
                 "class_counts": {str(k): 200 // 7 for k in range(7)},
             }
+            if n_seeds > 1:  # evaluate writes <metric>_std with several seeds
+                head |= {"auroc_std": 0.02, "auprc_std": 0.01, "f1_std": 0.03, "ece_std": 0.004}
             _write(m / "benchmark" / f"{rid}.json", head)
             per_label = (
                 {
@@ -345,7 +348,8 @@ def test_report_renders_from_metrics_fixture(tmp_path: Path) -> None:
             _write(m / "per_label" / f"{rid}.json", per_label)
             _write(m / "fairness" / f"{rid}.json", gaps)
         rid = run_id(model, "phenotype", 0.5)
-        _write(m / "robustness" / f"{rid}.json", {"auroc": 0.8 - 0.5 * i * 0.2})
+        spread = {"auroc_std": 0.03} if n_seeds > 1 else {}
+        _write(m / "robustness" / f"{rid}.json", {"auroc": 0.8 - 0.5 * i * 0.2} | spread)
         _write(
             m / "robustness" / "per_label" / f"{rid}.json",
             {n: {"auroc": 0.7} for n in labels},
@@ -416,13 +420,25 @@ def test_report_renders_from_metrics_fixture(tmp_path: Path) -> None:
     ]
     assert main(args) == 0
     text = (tmp_path / "report" / "report.md").read_text()
-    # Table 1: intervals and significance markers of the statistics file; one seed: no "±".
-    assert "0.800 (0.750–0.850)*" in text and "0.700 (0.650–0.750)†" in text
-    assert "1 seed per run" in text and " ± " not in text.split("1 seed per run")[1]
+    curves = pd.read_csv(tmp_path / "report" / "robustness-phenotype.csv")
+    if n_seeds == 1:
+        # Table 1: intervals and significance markers of the statistics file; no "±".
+        assert "0.800 (0.750–0.850)*" in text and "0.700 (0.650–0.750)†" in text
+        assert "1 seed per run" in text and " ± " not in text.split("1 seed per run")[1]
+        assert "| late_fusion (EHR+CXR) | 0.800 | 0.700 |" in text  # robustness, r = 0 and 0.5
+        assert list(curves.columns) == ["missing_ratio", "lstm", "late_fusion"]
+    else:
+        # Several seeds (the paper profile's three): mean ± std over seeds everywhere, and the
+        # robustness figure's band (its plot data) is that std.
+        assert "3 seeds per run: values are means, ± the standard deviation over seeds" in text
+        assert "0.800 ± 0.020 (0.750–0.850)*" in text and "| 0.310 ± 0.010 |" in text
+        assert "| late_fusion (EHR+CXR) | 0.800 ± 0.020 | 0.700 ± 0.030 |" in text
+        assert list(curves["late_fusion_std"]) == [0.02, 0.03]
     assert "chosen on the **val** split" in text
     # Test-set size and prevalence; the threshold mark where a model never crosses 0.5.
     assert "matched: n = 200, deaths 12.5 % (25/200)" in text
-    assert "0.000‡" in text and "no test prediction reaches 0.5" in text and "lstm matched" in text
+    never = "0.000‡" if n_seeds == 1 else "0.000 ± 0.030‡"
+    assert never in text and "no test prediction reaches 0.5" in text and "lstm matched" in text
     assert "n/a (one class in the test split)" in text  # kappa undefined, not 0
     assert "total ICU stay" in text  # the LoS label's definition
     # Per-phenotype table: short names, prevalence, per-label markers, late_fusion ranks first.
@@ -431,7 +447,6 @@ def test_report_renders_from_metrics_fixture(tmp_path: Path) -> None:
     assert "| late_fusion (EHR+CXR) | complete-modality |" in text
     assert "| lstm (EHR) | unimodal |" in text
     # Robustness: r = 0 is the grid's matched run (auroc 0.7 / 0.8), then the sweep's stage.
-    assert "| late_fusion (EHR+CXR) | 0.800 | 0.700 |" in text
     assert "nested" in text and "train, val, test" in text
     # Fairness: undefined gaps with their reasons; group sizes, small groups marked.
     assert "n/a (defined in < 2 groups)" in text and "n/a (< 2 groups of ≥ 10 stays)" in text

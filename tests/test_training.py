@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import yaml
 from ehrcxr.cli import main
 from ehrcxr.models import list_models
 from ehrcxr.tasks import TASKS
+from wandb_offline import read_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,35 +118,6 @@ def test_same_seed_same_predictions(
     pd.testing.assert_frame_equal(runs[0], runs[1])
 
 
-def _wandb_history(run_file: Path) -> list[dict]:
-    """History rows of an offline W&B run (the .wandb file: a leveldb-style log of protobufs)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = run_file.read_bytes()
-    assert data[:4] == b":W&B"
-    block, pos, chunks, rows = 32768, 7, [], []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if left < 7 or (length == 0 and kind == 0):
-            pos += left
-            continue
-        chunks.append(data[pos + 7 : pos + 7 + length])
-        pos += 7 + length
-        if kind in (1, 4):  # a full record, or the last piece of one
-            record = pb.Record()
-            record.ParseFromString(b"".join(chunks))
-            chunks = []
-            if record.WhichOneof("record_type") == "history":
-                rows.append(
-                    {
-                        i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                        for i in record.history.item
-                    }
-                )
-    return rows
-
-
 def test_wandb_offline_run_holds_the_metric_history(
     small_data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,7 +126,7 @@ def test_wandb_offline_run_holds_the_metric_history(
     assert main(_train_args(small_data, tmp_path, "lstm", "mortality", "matched", params)) == 0
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
-    history = _wandb_history(runs[0])
+    history = read_run(runs[0]).history
     curves = pd.read_csv(tmp_path / "curves.csv")
     logged = [r["val/selection"] for r in history if "val/selection" in r]
     assert len(logged) == 3

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from batches import random_batch
 from ehrcxr import params as params_mod
 from ehrcxr.batch import Batch, InputSpec, ModelOutput, TrainContext
+from ehrcxr.cli import main
 from ehrcxr.data.augment import AugmentConfig, augment_films
 from ehrcxr.data.datamodule import DataPaths, EhrCxrDataModule
 from ehrcxr.errors import EhrcxrError
@@ -360,7 +361,7 @@ def _imported_package_files(argv: list[str], command: str) -> set[str]:
         "from ehrcxr.cli import main\n"
         f"rc = main({json.dumps(argv)})\n"
         "import importlib, ehrcxr.warm\n"
-        f"[importlib.import_module(m) for m in ehrcxr.warm.PRELOAD[{command!r}]]\n"
+        f"[importlib.import_module(m) for m in ehrcxr.warm.PRELOAD.get({command!r}, ())]\n"
         "files = sorted({m.__file__ for m in list(sys.modules.values())"
         " if getattr(m, '__file__', None) and '/src/ehrcxr/' in m.__file__})\n"
         "print(json.dumps([rc, files]))\n"
@@ -381,11 +382,32 @@ def test_every_file_a_grid_stage_imports_is_in_its_configuration(
     its code: every package file the command loads must be in that fingerprint."""
     from ehrcxr.stages import configure
 
+    params = params_mod.load(REPO / "params.yaml")
+    hyper = tmp_path / "hyperparameters"
+    assert main(["hyperparameters", "--tuning", str(tmp_path / "none"), "--out", str(hyper),
+                 "--params", str(_no_search_params(tmp_path))]) == 0  # fmt: skip
     for model in ("late_fusion", "inforeg"):
-        imported = _imported_package_files(_train_argv(small_data, tmp_path, model), "train")
-        code = set(configure.train_config(params_mod.load(REPO / "params.yaml"), model)["code"])
-        assert f"models/{model}.py" in imported
+        argv = [
+            *_train_argv(small_data, tmp_path, model),
+            "--hyperparameters", str(hyper / f"{model}-mortality-matched.json"),
+        ]  # fmt: skip
+        imported = _imported_package_files(argv, "train")
+        code = set(configure.train_config(params, model)["code"])
+        assert {f"models/{model}.py", "hyperparameters.py"} <= imported
         assert imported <= code, sorted(imported - code)
+    # A search: the training core, its own code and its model's file.
+    tune = [
+        "tune", "--model", "m3care", "--task", "mortality", "--cohort", "matched",
+        "--extract", str(small_data["extract"]), "--features", str(small_data["features"]),
+        "--images", str(small_data["images"]), "--out", str(tmp_path / "search"),
+        "--trials", str(tmp_path / "t.csv"), "--summary", str(tmp_path / "s.json"),
+        "--plot", str(tmp_path / "c.png"), "--checkpoints", str(tmp_path / "ck"),
+        "--params", str(_one_call_params(tmp_path)),
+    ]  # fmt: skip
+    imported = _imported_package_files(tune, "tune")
+    code = set(configure.tune_config(params, "m3care")["code"])
+    assert {"models/m3care.py", "tuning.py", "stages/tune.py"} <= imported
+    assert imported <= code, sorted(imported - code)
     predictions = tmp_path / "inforeg.parquet"
     evaluate = [
         "evaluate", "--predictions", str(predictions), "--task", "mortality",
@@ -399,11 +421,35 @@ def test_every_file_a_grid_stage_imports_is_in_its_configuration(
         kind: yaml.safe_load((REPO / "pipeline" / kind / "dvc.yaml").read_text())["stages"][kind]
         for kind in ("train", "evaluate", "robustness")
     }
-    assert "data/config/train-${item.model}.json" in stages["train"]["deps"]
+    assert {
+        "data/config/train-${item.model}.json",
+        "data/hyperparameters/${item.model}-${item.task}-${item.cohort}.json",
+    } <= set(stages["train"]["deps"])
+    tune = yaml.safe_load((REPO / "pipeline" / "tune" / "dvc.yaml").read_text())["stages"]["tune"]
+    assert "data/config/tune-${item.model}.json" in tune["deps"]
     assert "data/config/evaluate.json" in stages["evaluate"]["deps"]
     assert {"data/config/train-${item.model}.json", "data/config/evaluate.json"} <= set(
         stages["robustness"]["deps"]
     )
+
+
+def _no_search_params(tmp: Path) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tune"]["models"] = []
+    path = tmp / "no-search.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _one_call_params(tmp: Path) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tune"] |= {"models": ["m3care"], "tasks": ["mortality"], "cohorts": ["matched"],
+                    "n_calls": 1, "n_initial_points": 1, "seeds": [42]}  # fmt: skip
+    raw["train"] |= {"max_epochs": 1, "min_epochs": 1}
+    raw["wandb"]["mode"] = "disabled"
+    path = tmp / "one-call.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def _train_argv(data: dict[str, Path], tmp: Path, model: str) -> list[str]:

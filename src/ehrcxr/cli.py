@@ -23,6 +23,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "ehrcxr.stages.configure",
         "resolve each grid stage's params and fingerprint its code (its one DVC dependency)",
     ),
+    "tune": (
+        "ehrcxr.stages.tune",
+        "Bayesian hyperparameter search of one model, task and cohort (validation only)",
+    ),
+    "hyperparameters": (
+        "ehrcxr.stages.hyperparameters",
+        "each grid cell's model settings: paper defaults or its search's best",
+    ),
     "train": ("ehrcxr.stages.train", "train one model on one task and cohort, write predictions"),
     "evaluate": ("ehrcxr.stages.evaluate", "compute every metric from a predictions file"),
     "statistics": (

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ehrcxr.data.extraction import ExtractConfig
     from ehrcxr.models.encoders import EncoderConfig
     from ehrcxr.training import TrainConfig, WandbConfig
+    from ehrcxr.tuning import TuneConfig
 
 SOURCES = ("synthetic", "database")
 
@@ -36,6 +37,32 @@ def _merge(base: dict[str, Any], over: dict[str, Any], where: str) -> dict[str, 
     return out
 
 
+# Keys dvc.yaml interpolates (``${grid.models}``, …): DVC reads them from params.yaml as written,
+# before any profile, so a profile overriding one would make the code expect stages that do not
+# exist. Which stages exist is set on these keys themselves (``dvc exp run -S 'tune.models=…'``).
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "model": (),
+    "task": (),
+    "cohort": (),
+    "grid": ("models", "tasks", "cohorts"),
+    "robustness": ("models", "tasks", "cohort", "ratios"),
+    "tune": ("models", "tasks", "cohorts"),
+}
+
+
+def _check_stage_keys(override: dict[str, Any], where: str) -> None:
+    for name, keys in STAGE_KEYS.items():
+        if name not in override:
+            continue
+        value = override[name]
+        bad = [name] if not keys else [f"{name}.{k}" for k in keys if k in (value or {})]
+        if bad:
+            raise EhrcxrError(
+                f"params.yaml {where} overrides {', '.join(bad)}: dvc.yaml reads it before any "
+                "profile applies; set it in the base params (dvc exp run -S …)"
+            )
+
+
 def apply_profile(params: dict[str, Any]) -> dict[str, Any]:
     """``profile: <name>`` overlays ``profiles.<name>`` on the base sections (``default``: none).
 
@@ -43,9 +70,11 @@ def apply_profile(params: dict[str, Any]) -> dict[str, Any]:
     a key the base params do not have is an error, so a profile cannot drift from the base.
     """
     name = params.get("profile", "default")
+    profiles = params.get("profiles") or {}
+    for other, override in profiles.items():
+        _check_stage_keys(override or {}, f"profiles.{other}")
     if name == "default":
         return params
-    profiles = params.get("profiles") or {}
     if name not in profiles:
         raise EhrcxrError(
             f"params.yaml profile {name!r} is not defined; profiles: default, {', '.join(profiles)}"
@@ -134,6 +163,16 @@ def wandb_config(params: dict[str, Any]) -> WandbConfig:
     from ehrcxr.training import WandbConfig
 
     return _build(WandbConfig, section(params, "wandb"), "wandb")
+
+
+def tune_config(params: dict[str, Any]) -> TuneConfig:
+    from ehrcxr.tuning import TuneConfig
+
+    s = dict(section(params, "tune"))
+    for key in ("models", "tasks", "cohorts"):
+        s[key] = tuple(s.get(key) or ())
+    s["seeds"] = tuple(int(x) for x in s.get("seeds") or ())
+    return _build(TuneConfig, s, "tune")
 
 
 SEARCH_KEY = "search"  # models.<name>.search: the model's search space (data, not an argument)

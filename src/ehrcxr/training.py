@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from ehrcxr.batch import Batch, TrainContext
 from ehrcxr.data.augment import AugmentConfig, augment_films
-from ehrcxr.data.datamodule import DataPaths, EhrCxrDataModule
+from ehrcxr.data.datamodule import SPLITS, DataPaths, EhrCxrDataModule
 from ehrcxr.evaluation.metrics import selection_value
 from ehrcxr.models import create_model, model_modalities
 from ehrcxr.models.encoders import EncoderConfig
@@ -270,11 +270,32 @@ class WandbConfig:
     dir: str
 
 
-def _logger(wandb_cfg: WandbConfig, run_name: str, group: str, config: dict[str, Any]):
-    mode = os.environ.get("WANDB_MODE", wandb_cfg.mode)
+def wandb_mode(wandb_cfg: WandbConfig) -> str:
+    """offline | online | disabled: ``WANDB_MODE`` in the environment wins over params."""
+    return os.environ.get("WANDB_MODE", wandb_cfg.mode)
+
+
+def wandb_settings(silent: bool = False) -> Any:
+    """Curves, config and summaries only: no system-metrics sampler, no console capture, no
+    environment snapshot (pip freeze, git) — they cost seconds per run and are not benchmark
+    data. ``silent``: no W&B banner per run (a search makes one run per call)."""
+    import wandb
+
+    return wandb.Settings(
+        silent=silent,
+        console="off",
+        x_disable_stats=True,
+        x_disable_meta=True,
+        x_save_requirements=False,
+        disable_git=True,
+        disable_code=True,
+    )
+
+
+def _logger(wandb_cfg: WandbConfig | None, run_name: str, group: str, config: dict[str, Any]):
+    mode = "disabled" if wandb_cfg is None else wandb_mode(wandb_cfg)
     if mode == "disabled":
         return False
-    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     Path(wandb_cfg.dir).mkdir(parents=True, exist_ok=True)
@@ -286,16 +307,7 @@ def _logger(wandb_cfg: WandbConfig, run_name: str, group: str, config: dict[str,
         offline=(mode == "offline"),
         config=config,
         log_model=False,
-        # Curves and config only: no system-metrics sampler, no console capture, no environment
-        # snapshot (pip freeze, git) — they cost seconds per run and are not benchmark data.
-        settings=wandb.Settings(
-            console="off",
-            x_disable_stats=True,
-            x_disable_meta=True,
-            x_save_requirements=False,
-            disable_git=True,
-            disable_code=True,
-        ),
+        settings=wandb_settings(),
     )
 
 
@@ -313,9 +325,12 @@ class RunSpec:
     augment: AugmentConfig
 
 
-def build_run(spec: RunSpec, seed: int) -> tuple[EhrCxrDataModule, TrainModule]:
-    """The data and the LightningModule of one run of ``spec`` with ``seed`` (global RNGs
-    seeded, torch's thread count set): what ``ehrcxr train`` fits and ``bench-train`` times."""
+def build_run(
+    spec: RunSpec, seed: int, splits: tuple[str, ...] = SPLITS
+) -> tuple[EhrCxrDataModule, TrainModule]:
+    """The data (the stays of ``splits``) and the LightningModule of one run of ``spec`` with
+    ``seed`` (global RNGs seeded, torch's thread count set): what ``ehrcxr train`` fits,
+    ``ehrcxr tune`` fits without the test split, and ``bench-train`` times."""
     cfg = spec.train
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_num_threads(intra_op_threads(cfg.threads))
@@ -328,6 +343,7 @@ def build_run(spec: RunSpec, seed: int) -> tuple[EhrCxrDataModule, TrainModule]:
         cfg.missing_splits,
         seed,
         pin_memory=cfg.accelerator == "gpu",
+        splits=splits,
     )
     model = create_model(
         spec.model_name, data.inputs, spec.task.n_outputs, spec.encoders, spec.model_params
@@ -350,17 +366,21 @@ def build_run(spec: RunSpec, seed: int) -> tuple[EhrCxrDataModule, TrainModule]:
 def train_one(
     spec: RunSpec,
     seed: int,
-    wandb_cfg: WandbConfig,
+    wandb_cfg: WandbConfig | None,
     checkpoint_dir: Path,
     fast_dev_run: bool = False,
+    predict_splits: tuple[str, ...] = ("val", "test"),
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Train with one seed; return (predictions on val and test, learning curve).
+    """Train with one seed; return (predictions on ``predict_splits``, learning curve).
 
-    Under multi-process data parallelism every process trains; only rank 0 predicts and returns,
-    the others return None.
+    Only the stays of train, val and ``predict_splits`` are loaded: a search's trials
+    (``predict_splits=("val",)``) never hold a test stay. ``wandb_cfg`` None: no W&B run (a
+    search logs one run per trial itself). Under multi-process data parallelism every process
+    trains; only rank 0 predicts and returns, the others return None.
     """
     cfg = spec.train
-    data, module = build_run(spec, seed)
+    splits = tuple(s for s in SPLITS if s in ("train", "val", *predict_splits))
+    data, module = build_run(spec, seed, splits)
     run_name = f"{spec.model_name}-{spec.task.name}-{spec.cohort}-seed{seed}"
     logger = _logger(
         wandb_cfg,
@@ -419,19 +439,23 @@ def train_one(
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
         module.load_state_dict(best["state_dict"])  # strict: parameters exist from __init__ on
     # Lightning moves the module back to the CPU after fit; predict on the training device.
-    predictions = predict(module, data, seed, trainer.strategy.root_device)
+    predictions = predict(module, data, seed, trainer.strategy.root_device, predict_splits)
     return predictions, pd.DataFrame(curves.rows).assign(seed=seed)
 
 
 @torch.no_grad()
 def predict(
-    module: TrainModule, data: EhrCxrDataModule, seed: int, device: torch.device | str = "cpu"
+    module: TrainModule,
+    data: EhrCxrDataModule,
+    seed: int,
+    device: torch.device | str = "cpu",
+    splits: tuple[str, ...] = ("val", "test"),
 ) -> pd.DataFrame:
-    """Probabilities of the val and test stays on one process (no sampler padding)."""
+    """Probabilities of the stays of ``splits`` on one process (no sampler padding)."""
     module.to(device).eval()
     frames = []
     task = module.task
-    for split in ("val", "test"):
+    for split in splits:
         parts = [
             {k: v.cpu() for k, v in module.predict_step(batch.to(device), i).items()}
             for i, batch in enumerate(data.predict_loader(split))

@@ -46,7 +46,11 @@ class Arrays:
     split: np.ndarray  # str [N]
 
 
-def load_arrays(paths: DataPaths, task: Task, cohort: str) -> tuple[Arrays, InputSpec]:
+def load_arrays(
+    paths: DataPaths, task: Task, cohort: str, splits: tuple[str, ...] = SPLITS
+) -> tuple[Arrays, InputSpec]:
+    """The cohort's stays of ``splits`` (all three by default). A hyperparameter search loads
+    ``("train", "val")``: the test stays, their EHR and their labels never enter its process."""
     if cohort not in COHORTS:
         raise EhrcxrError(f"cohort must be one of {COHORTS}, not {cohort!r}")
     table = pd.read_parquet(paths.extract / "cohort.parquet")
@@ -57,6 +61,7 @@ def load_arrays(paths: DataPaths, task: Task, cohort: str) -> tuple[Arrays, Inpu
     ehr = np.load(paths.features / "ehr.npy", mmap_mode="r")
     n_values = len(meta["value_names"])
     keep = table["matched"].to_numpy() if cohort == "matched" else np.ones(len(table), dtype=bool)
+    keep = keep & table["split"].isin(splits).to_numpy()
     index = pd.read_csv(paths.images / "index.csv")
     images = np.load(paths.images / "images.npy")
     film_row = pd.Series(index["row"].to_numpy(), index=index["stay_id"].to_numpy())
@@ -154,6 +159,7 @@ class EhrCxrDataModule(L.LightningDataModule):
         missing_splits: tuple[str, ...],
         seed: int,
         pin_memory: bool = False,
+        splits: tuple[str, ...] = SPLITS,
     ) -> None:
         super().__init__()
         # Batches are slices of in-memory tensors (the films decoded once by cache-images), so
@@ -163,7 +169,7 @@ class EhrCxrDataModule(L.LightningDataModule):
         self.paths, self.task, self.cohort = paths, task, cohort
         self.batch_size, self.seed = batch_size, seed
         self.missing_ratio, self.missing_splits = missing_ratio, missing_splits
-        self.arrays, self.inputs = load_arrays(paths, task, cohort)
+        self.arrays, self.inputs = load_arrays(paths, task, cohort, splits)
         self.cxr_row = drop_images(self.arrays, missing_ratio, missing_splits, seed)
         self.collate = _Collate(self.arrays, self.cxr_row)
 

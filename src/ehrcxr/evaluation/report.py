@@ -729,12 +729,18 @@ def write_report(config: ReportConfig, metrics: Metrics, out: Path) -> list[Path
 
 
 def _robustness_plot_data(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Plot data for ``dvc plots``, per label: ``missing_ratio``, then one column per model."""
+    """Plot data for ``dvc plots``, per label: ``missing_ratio``, one column per model (the mean
+    over seeds) and, with several seeds, ``<model>_std`` (the figure's band)."""
     out = {}
     for label, part in frame.groupby("label", sort=False):
         wide = part.pivot_table(
             index="missing_ratio", columns="model", values="mean", sort=False, dropna=False
         )
+        if part["std"].notna().any():
+            spread = part.pivot_table(
+                index="missing_ratio", columns="model", values="std", sort=False, dropna=False
+            )
+            wide = wide.join(spread.add_suffix("_std"))
         out[str(label)] = wide.rename_axis(columns=None).reset_index()
     return out
 

@@ -10,6 +10,8 @@ This stage writes them once, resolved, and each grid stage depends on one file:
 
 - ``--out``/``train-<model>.json`` for every registered model: ``{"code": {file: sha256},
   "params": {"model", "encoders", "augment", "train"}}``;
+- ``--out``/``tune-<model>.json`` (a ``tune@`` stage): the train file's code and params plus the
+  search's code, ``search`` (``models.<model>.search``) and ``tune`` (without its lists of cells);
 - ``--out``/``evaluate.json``: ``{"code": …, "params": {"evaluate", "fairness"}}``.
 
 Only what changes a stage's outputs is in its file, so a stage reruns exactly when one of them
@@ -34,6 +36,7 @@ TRAIN_CODE = (
     "batch.py",
     "cli.py",
     "errors.py",
+    "hyperparameters.py",
     "io.py",
     "params.py",
     "tasks.py",
@@ -52,6 +55,8 @@ TRAIN_CODE = (
     "stages/__init__.py",
     "stages/train.py",
 )
+# … and those `ehrcxr tune` runs besides (it trains through the training core).
+TUNE_CODE = ("tuning.py", "stages/configure.py", "stages/tune.py")
 EVALUATE_CODE = (
     "__init__.py",
     "cli.py",
@@ -100,6 +105,24 @@ def train_config(params: dict, model: str) -> dict:
     }
 
 
+def tune_config(params: dict, model: str) -> dict:
+    """What ``tune@<model>-…`` depends on: the training code and its own, the model's settings
+    and search space, and how the search runs (``tune`` without the lists that say which cells
+    are searched: adding a model to them reruns no other search)."""
+    train = train_config(params, model)
+    tune = {k: v for k, v in params_mod.section(params, "tune").items()}
+    for key in ("models", "tasks", "cohorts"):
+        tune.pop(key, None)
+    return {
+        "code": train["code"] | code_hashes(TUNE_CODE),
+        "params": {
+            **train["params"],
+            "search": params_mod.search_space(params, model),
+            "tune": tune,
+        },
+    }
+
+
 def evaluate_config(params: dict) -> dict:
     return {
         "code": code_hashes(EVALUATE_CODE),
@@ -113,6 +136,7 @@ def run(args: argparse.Namespace) -> None:
 
     params = params_mod.load(args.params)
     files = {f"train-{m}.json": train_config(params, m) for m in model_modules()}
+    files |= {f"tune-{m}.json": tune_config(params, m) for m in model_modules()}
     files["evaluate.json"] = evaluate_config(params)
     with atomic_path(args.out) as tmp:
         tmp.mkdir()

@@ -7,6 +7,10 @@ Writes:
   phenotype, ``prob_mortality``, or ``prob_0 … prob_6`` for LoS) and ``label_<label>``;
 - ``--out``: the best validation checkpoint per seed (``seed<S>.ckpt``);
 - ``--curves`` (CSV, a DVC plot; optional): ``seed, epoch, train_loss, val_loss, val_selection``.
+
+The model's own settings come from ``--hyperparameters`` (the grid's stages: the cell's file of
+``ehrcxr hyperparameters``, i.e. its paper defaults or its search's best) or params
+``models.<model>``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import argparse
 import dataclasses
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ehrcxr import params as params_mod
 
@@ -38,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curves", default=None, help="learning curves (CSV; optional)")
     parser.add_argument("--params", default="params.yaml", help="params file")
     parser.add_argument(
+        "--hyperparameters",
+        default=None,
+        help="the cell's file of `ehrcxr hyperparameters` (its paper defaults or its search's "
+        "best); default: params models.<model>",
+    )
+    parser.add_argument(
         "--missing-ratio",
         type=float,
         default=None,
@@ -57,9 +67,10 @@ def run_spec(
     cohort: str,
     paths: DataPaths,
     missing_ratio: float | None = None,
+    model_params: dict[str, Any] | None = None,
 ) -> RunSpec:
     """One run of ``model`` on ``task`` and ``cohort`` as params.yaml (profile applied) says;
-    ``missing_ratio`` overrides ``train.missing_ratio``."""
+    ``missing_ratio`` overrides ``train.missing_ratio``, ``model_params`` the model's section."""
     from ehrcxr.tasks import get_task
     from ehrcxr.training import RunSpec
 
@@ -68,7 +79,9 @@ def run_spec(
         cfg = dataclasses.replace(cfg, missing_ratio=missing_ratio)
     return RunSpec(
         model_name=model,
-        model_params=params_mod.model_params(params, model),
+        model_params=(
+            params_mod.model_params(params, model) if model_params is None else model_params
+        ),
         encoders=params_mod.encoder_config(params),
         task=get_task(task),
         cohort=cohort,
@@ -89,7 +102,14 @@ def run(args: argparse.Namespace) -> None:
 
     params = params_mod.load(args.params)
     paths = DataPaths(Path(args.extract), Path(args.features), Path(args.images))
-    spec = run_spec(params, args.model, args.task, args.cohort, paths, args.missing_ratio)
+    model_params = None
+    if args.hyperparameters:
+        from ehrcxr.hyperparameters import read_hyperparameters
+
+        model_params = read_hyperparameters(Path(args.hyperparameters), args.model)
+    spec = run_spec(
+        params, args.model, args.task, args.cohort, paths, args.missing_ratio, model_params
+    )
     cfg = spec.train
     wandb_cfg = params_mod.wandb_config(params)
     start = time.perf_counter()
