@@ -396,13 +396,16 @@ def test_every_file_a_grid_stage_imports_is_in_its_configuration(
         assert {f"models/{model}.py", "hyperparameters.py"} <= imported
         assert imported <= code, sorted(imported - code)
     # A search: the training core, its own code and its model's file.
+    one_call = _one_call_params(tmp_path)
+    config = tmp_path / "config"
+    assert main(["configure", "--out", str(config), "--params", str(one_call)]) == 0
     tune = [
         "tune", "--model", "m3care", "--task", "mortality", "--cohort", "matched",
         "--extract", str(small_data["extract"]), "--features", str(small_data["features"]),
         "--images", str(small_data["images"]), "--out", str(tmp_path / "search"),
         "--trials", str(tmp_path / "t.csv"), "--summary", str(tmp_path / "s.json"),
         "--plot", str(tmp_path / "c.png"), "--checkpoints", str(tmp_path / "ck"),
-        "--params", str(_one_call_params(tmp_path)),
+        "--config", str(config / "tune-m3care.json"), "--params", str(one_call),
     ]  # fmt: skip
     imported = _imported_package_files(tune, "tune")
     code = set(configure.tune_config(params, "m3care")["code"])

@@ -43,3 +43,4 @@ def get_task(name: str) -> Task:
 
 
 TASKS = ("mortality", "phenotype", "los")
+COHORTS = ("matched", "base")  # the base ICU cohort and its subset with a matched film

@@ -10,13 +10,14 @@ candidate's **validation** predictions: a trial loads the training and validatio
 or label is in its process. (The published toolkit scored candidates on the test split:
 reference/carebench_models.md §5.)
 
-Resuming: after each call scikit-optimize's ``CheckpointSaver`` dumps the result so far and a
-sidecar file keeps each call's per-seed values and time. A rerun with the same inputs calls
-``gp_minimize`` afresh with the same random state and *replays* the checkpointed calls: the
-optimiser asks for the same points (it is deterministic given its random state and the values it
-was told), and each is answered from the checkpoint instead of being trained again. So a resumed
-search is the uninterrupted one, call for call; a point that differs from the checkpoint's (other
-numerics) ends the replay there and is trained.
+Resuming: each call is recorded as it ends (its point, per-seed values and time), and after the
+optimiser has been told its value scikit-optimize's checkpoint (``CheckpointSaver``, written
+atomically) dumps the result so far. A rerun with the same inputs calls ``gp_minimize`` afresh
+with the same random state and *replays* the recorded calls: the optimiser asks for the same
+points (it is deterministic given its random state and the values it was told), and each is
+answered from the record instead of being trained again. So a resumed search is the
+uninterrupted one, call for call; a point that differs from the record's (other numerics) ends
+the replay there and is trained.
 """
 
 from __future__ import annotations
@@ -27,12 +28,18 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ehrcxr.errors import EhrcxrError
+
+if TYPE_CHECKING:
+    from scipy.optimize import OptimizeResult
+    from skopt.space import Dimension
+
+    from ehrcxr.training import WandbConfig
 
 ACQ_FUNCS = ("gp_hedge", "EI", "PI", "LCB")
 PRIORS = ("uniform", "log-uniform")
@@ -62,10 +69,11 @@ class TuneConfig:
             raise EhrcxrError("params.yaml tune.seeds: at least one seed")
 
     def searched(self, model: str, task: str, cohort: str) -> bool:
+        """Whether the cell (``model``, ``task``, ``cohort``) has a ``tune@`` stage."""
         return model in self.models and task in self.tasks and cohort in self.cohorts
 
 
-def dimensions(space: dict[str, Any], defaults: dict[str, Any], model: str) -> list:
+def dimensions(space: dict[str, Any], defaults: dict[str, Any], model: str) -> list[Dimension]:
     """``models.<model>.search`` → scikit-optimize dimensions, in the order written.
 
     ``{low, high[, prior]}``: an ``Integer`` when both bounds are integers, else a ``Real``
@@ -141,48 +149,116 @@ Objective = Callable[[int, dict[str, Any]], Trial]  # (call, searched values) �
 
 @dataclasses.dataclass
 class SearchResult:
-    result: Any  # scikit-optimize's OptimizeResult (specs: the arguments gp_minimize received)
+    """A finished search: scikit-optimize's result and every call, in order."""
+
+    result: OptimizeResult  # ``specs["args"]``: the arguments gp_minimize received
     trials: list[Trial]
     replayed: int  # calls answered from the checkpoint instead of trained
 
 
-def search(dims: list, objective: Objective, cfg: TuneConfig, checkpoint: Path) -> SearchResult:
+class AtomicCheckpointSaver:
+    """scikit-optimize's ``CheckpointSaver``, written to a temporary name and renamed into place:
+    a search killed while the checkpoint is written leaves the previous one whole."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, res: OptimizeResult) -> None:
+        from skopt import dump
+
+        from ehrcxr.io import atomic_path
+
+        with atomic_path(self.path) as tmp:
+            dump(res, str(tmp), store_objective=False)
+
+
+@dataclasses.dataclass
+class SavedCall:
+    """A completed call in the per-call record, and whether its W&B run was written."""
+
+    trial: Trial
+    logged: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.trial.to_json(), "logged": self.logged}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SavedCall:
+        return cls(Trial.from_json(d), bool(d["logged"]))
+
+
+def _saved_calls(checkpoint: Path, names: list[str]) -> list[SavedCall]:
+    """The completed calls of an interrupted search, in order.
+
+    The per-call record is written as each call ends, scikit-optimize's checkpoint only after
+    the optimiser has been told the value and has fitted its surrogate (seconds later): the
+    record drives the replay (a kill in between loses no call), and the checkpoint, where it
+    exists and loads, must agree with the record's first calls — otherwise neither is used.
+    """
+    from skopt import load
+
+    if not (checkpoint / SIDECAR).is_file():
+        return []
+    saved = [SavedCall.from_json(d) for d in json.loads((checkpoint / SIDECAR).read_text())]
+    try:
+        previous = load(checkpoint / RESULT) if (checkpoint / RESULT).is_file() else None
+    except Exception as exc:  # a damaged checkpoint (any unpickling error): reported, ignored
+        print(json.dumps({"tune": "checkpoint unreadable", "error": str(exc)}), flush=True)
+        previous = None
+    if previous is not None:
+        for call, x, y in zip(saved, previous.x_iters, previous.func_vals, strict=False):
+            point = dict(zip(names, map(plain, x), strict=True))
+            if point != call.trial.hyperparameters or not math.isclose(-call.trial.value, y):
+                print(json.dumps({"tune": "checkpoint disagrees: starting afresh"}), flush=True)
+                return []
+    return saved
+
+
+def search(
+    dims: list[Dimension],
+    objective: Objective,
+    log: Callable[[Trial], None],
+    cfg: TuneConfig,
+    checkpoint: Path,
+) -> SearchResult:
     """Run (or resume) ``gp_minimize`` over ``dims``; ``checkpoint`` is this search's folder of
-    resumable state (created; removed by the caller once the outputs are written)."""
-    from skopt import gp_minimize, load
-    from skopt.callbacks import CheckpointSaver
+    resumable state (created; removed by the caller once the outputs are written). ``log``
+    writes a trained call's W&B run, once: after the call is recorded (a kill before that
+    retrains the call; a kill after it finds the call recorded and unlogged and logs it)."""
+    from skopt import gp_minimize
 
     names = [d.name for d in dims]
     checkpoint.mkdir(parents=True, exist_ok=True)
-    saved: list[Trial] = []
-    if (checkpoint / RESULT).is_file() and (checkpoint / SIDECAR).is_file():
-        previous = load(checkpoint / RESULT)
-        details = [Trial.from_json(d) for d in json.loads((checkpoint / SIDECAR).read_text())]
-        # The sidecar is written before the checkpoint: it may hold one call more.
-        saved = details[: len(previous.x_iters)]
-        for trial, x, y in zip(saved, previous.x_iters, previous.func_vals, strict=False):
-            assert trial.hyperparameters == dict(zip(names, map(plain, x), strict=True))
-            assert math.isclose(-trial.value, float(y))
-    done: list[Trial] = []
+    saved = _saved_calls(checkpoint, names)
+    done: list[SavedCall] = []
     replayed = 0
+
+    def record() -> None:
+        _write_json(checkpoint / SIDECAR, [c.to_json() for c in done])
 
     def func(x: list) -> float:
         nonlocal saved, replayed
         call = len(done) + 1
         values = dict(zip(names, map(plain, x), strict=True))
-        if len(done) < len(saved) and saved[len(done)].hyperparameters == values:
-            trial = saved[len(done)]
+        if len(done) < len(saved) and saved[len(done)].trial.hyperparameters == values:
+            entry = saved[len(done)]
             replayed += 1
-            print(json.dumps({"tune": "replayed", **trial.to_json()}), flush=True)
+            print(json.dumps({"tune": "replayed", **entry.trial.to_json()}), flush=True)
         else:
             if len(done) < len(saved):
+                # Other numerics (another machine's BLAS) asked for another point: train from here.
                 print(json.dumps({"tune": "replay diverged", "call": call}), flush=True)
                 saved = saved[: len(done)]
             trial = objective(call, values)
+            entry = SavedCall(trial, logged=False)
             print(json.dumps({"tune": "call", **trial.to_json(), "value": trial.value}), flush=True)
-        done.append(trial)
-        _write_json(checkpoint / SIDECAR, [t.to_json() for t in done])
-        return -trial.value  # gp_minimize minimises
+        done.append(entry)
+        record()
+        if not entry.logged:
+            log(entry.trial)
+            entry.logged = True
+            record()
+        return -entry.trial.value  # gp_minimize minimises
 
     result = gp_minimize(
         func,
@@ -191,9 +267,9 @@ def search(dims: list, objective: Objective, cfg: TuneConfig, checkpoint: Path) 
         n_initial_points=cfg.n_initial_points,
         acq_func=cfg.acq_func,
         random_state=cfg.random_state,
-        callback=[CheckpointSaver(str(checkpoint / RESULT), store_objective=False)],
+        callback=[AtomicCheckpointSaver(checkpoint / RESULT)],
     )
-    return SearchResult(result, done, replayed)
+    return SearchResult(result, [c.trial for c in done], replayed)
 
 
 def trials_table(trials: list[Trial], names: list[str]) -> pd.DataFrame:
@@ -261,7 +337,9 @@ def convergence_plot(table: pd.DataFrame, metric: str, title: str, path: Path) -
 
 
 # ---- W&B: one offline run per trial, one summary run per search -------------------------------
-def _wandb_run(wandb_cfg: Any, name: str, group: str, job_type: str, config: dict[str, Any]):
+def _wandb_run(
+    wandb_cfg: WandbConfig, name: str, group: str, job_type: str, config: dict[str, Any]
+) -> Any:
     """An offline (params ``wandb.mode``; ``WANDB_MODE`` wins) run, or None when disabled."""
     from ehrcxr.training import wandb_mode, wandb_settings
 
@@ -284,7 +362,7 @@ def _wandb_run(wandb_cfg: Any, name: str, group: str, job_type: str, config: dic
     )
 
 
-def log_trial(wandb_cfg: Any, group: str, trial: Trial, meta: dict[str, Any]) -> None:
+def log_trial(wandb_cfg: WandbConfig, group: str, trial: Trial, meta: dict[str, Any]) -> None:
     """The trial's configuration and validation metric (per seed and mean): aggregates only."""
     run = _wandb_run(
         wandb_cfg,
@@ -306,7 +384,7 @@ def log_trial(wandb_cfg: Any, group: str, trial: Trial, meta: dict[str, Any]) ->
 
 
 def log_search(
-    wandb_cfg: Any, group: str, table: pd.DataFrame, best: Trial, meta: dict[str, Any]
+    wandb_cfg: WandbConfig, group: str, table: pd.DataFrame, best: Trial, meta: dict[str, Any]
 ) -> None:
     """The search's trials table (a W&B Table) and its best configuration."""
     run = _wandb_run(wandb_cfg, group, group, "search", meta)

@@ -19,9 +19,8 @@ from torch.utils.data import DataLoader
 
 from ehrcxr.batch import Batch, InputSpec
 from ehrcxr.errors import EhrcxrError
-from ehrcxr.tasks import Task
+from ehrcxr.tasks import COHORTS, Task
 
-COHORTS = ("matched", "base")
 SPLITS = ("train", "val", "test")
 
 

@@ -56,7 +56,7 @@ TRAIN_CODE = (
     "stages/train.py",
 )
 # … and those `ehrcxr tune` runs besides (it trains through the training core).
-TUNE_CODE = ("tuning.py", "stages/configure.py", "stages/tune.py")
+TUNE_CODE = ("tuning.py", "stages/tune.py")
 EVALUATE_CODE = (
     "__init__.py",
     "cli.py",
@@ -110,7 +110,7 @@ def tune_config(params: dict, model: str) -> dict:
     and search space, and how the search runs (``tune`` without the lists that say which cells
     are searched: adding a model to them reruns no other search)."""
     train = train_config(params, model)
-    tune = {k: v for k, v in params_mod.section(params, "tune").items()}
+    tune = dict(params_mod.section(params, "tune"))
     for key in ("models", "tasks", "cohorts"):
         tune.pop(key, None)
     return {

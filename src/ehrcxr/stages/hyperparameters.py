@@ -24,16 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ehrcxr.data.datamodule import COHORTS
     from ehrcxr.errors import EhrcxrError
     from ehrcxr.hyperparameters import cell_name
     from ehrcxr.io import atomic_path
     from ehrcxr.models.registry import model_modules
-    from ehrcxr.tasks import TASKS
+    from ehrcxr.tasks import COHORTS, TASKS
 
     params = params_mod.load(args.params)
     cfg = params_mod.tune_config(params)
-    files, tuned = {}, []
+    files: dict[str, dict] = {}
+    tuned: list[str] = []
     for model in model_modules():
         defaults = params_mod.model_params(params, model)
         for task in TASKS:

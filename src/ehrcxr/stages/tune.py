@@ -17,7 +17,9 @@ every seed on the training stays and scores its validation predictions. Writes:
 Offline W&B: one run per call (group ``tune@<cell>``, job type ``trial``: its configuration and
 validation metric) and one summary run (job type ``search``: the trials table, the best
 configuration). ``--checkpoints``: where an interrupted search's state waits for the rerun
-(git-ignored; removed when the search completes).
+(git-ignored; removed when the search completes). Its trials load the training and validation
+stays only: the cohort table and the film array are read whole, and filtered to those stays
+before any tensor is built; no test stay is trained on or scored.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from ehrcxr import params as params_mod
 
@@ -43,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", required=True, help="trials table (CSV)")
     parser.add_argument("--summary", required=True, help="best configuration and value (JSON)")
     parser.add_argument("--plot", required=True, help="convergence plot (PNG)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="the search's file of `ehrcxr configure` (tune-<model>.json): its code and params "
+        "fingerprint, part of the checkpoint's",
+    )
     parser.add_argument(
         "--checkpoints",
         default="data/.tune-checkpoints",
@@ -62,7 +72,6 @@ def run(args: argparse.Namespace) -> None:
     from ehrcxr.evaluation.metrics import selection_value
     from ehrcxr.hyperparameters import cell_name
     from ehrcxr.io import atomic_path, write_text_atomic
-    from ehrcxr.stages.configure import tune_config
     from ehrcxr.stages.train import run_spec
     from ehrcxr.training import train_one
 
@@ -71,6 +80,8 @@ def run(args: argparse.Namespace) -> None:
     cell = cell_name(args.model, args.task, args.cohort)
     if not cfg.searched(args.model, args.task, args.cohort):
         raise EhrcxrError(f"{cell} is not among params tune.models × tune.tasks × tune.cohorts")
+    if params_mod.train_config(params).devices != 1:
+        raise EhrcxrError("a search trains on one device: set train.devices to 1 to tune")
     paths = DataPaths(Path(args.extract), Path(args.features), Path(args.images))
     spec = run_spec(params, args.model, args.task, args.cohort, paths)
     defaults = spec.model_params
@@ -81,37 +92,47 @@ def run(args: argparse.Namespace) -> None:
     group = f"tune@{cell}"
     meta = {"model": args.model, "task": args.task, "cohort": args.cohort, "seeds": cfg.seeds}
 
-    # What the values depend on: the search settings, the model's code and params, the data.
+    # What the values depend on: the code and params (--config; and as resolved here, should
+    # that file be stale), the seeds and the data.
     key = tuning.fingerprint(
-        {"cell": cell, "config": tune_config(params, args.model), "seeds": cfg.seeds},
+        {
+            "cell": cell,
+            "seeds": cfg.seeds,
+            "spec": [defaults, spec.encoders, spec.train, spec.augment, space],
+        },
         [
+            Path(args.config),
             paths.extract / "cohort.parquet",
             *(paths.features / f for f in ("ehr.npy", "stays.csv", "features.json")),
             *(paths.images / f for f in ("images.npy", "index.csv")),
         ],
     )
     checkpoint = Path(args.checkpoints) / f"{cell}-{key[:16]}"
+    for stale in Path(args.checkpoints).glob(f"{cell}-*"):  # another fingerprint's: not resumable
+        if stale != checkpoint:
+            shutil.rmtree(stale, ignore_errors=True)
 
-    def objective(call: int, values: dict) -> tuning.Trial:
+    def objective(call: int, values: dict[str, Any]) -> tuning.Trial:
         start = time.perf_counter()
         trial_spec = dataclasses.replace(spec, model_params={**defaults, **values})
-        scores = {}
+        scores: dict[int, float] = {}
         for seed in cfg.seeds:
             # inside the search's folder: a killed search leaves nothing elsewhere
             with tempfile.TemporaryDirectory(dir=checkpoint) as ckpt:
                 out = train_one(trial_spec, seed, None, Path(ckpt), predict_splits=("val",))
-            assert out is not None  # one process
+            assert out is not None  # one device (checked above): this process predicts
             val = out[0]
             y = val[spec.task.label_columns].to_numpy()
             p = val[spec.task.prob_columns].to_numpy()
             value = selection_value(spec.task.kind, y, p)
-            scores[seed] = 0.0 if value != value else value  # NaN (no positives): the worst
-        trial = tuning.Trial(call, values, scores, round(time.perf_counter() - start, 1))
+            scores[seed] = 0.0 if math.isnan(value) else value  # NaN (no positives): the worst
+        return tuning.Trial(call, values, scores, round(time.perf_counter() - start, 1))
+
+    def log(trial: tuning.Trial) -> None:
         tuning.log_trial(wandb_cfg, group, trial, meta)
-        return trial
 
     start = time.perf_counter()
-    found = tuning.search(dims, objective, cfg, checkpoint)
+    found = tuning.search(dims, objective, log, cfg, checkpoint)
     table = tuning.trials_table(found.trials, names)
     best = tuning.best_trial(found.trials)
     metric = spec.task.selection_metric
