@@ -63,17 +63,6 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "wandb",
         "wandb.sdk.launch.inputs.internal",
     ),
-    # A search trains like `train` (both searches of the default profile share one server).
-    "tune": (
-        "ehrcxr.stages.tune",
-        "ehrcxr.tuning",
-        "ehrcxr.stages.train",
-        "ehrcxr.training",
-        "ehrcxr.data.datamodule",
-        "skopt",
-        "wandb",
-        "wandb.sdk.launch.inputs.internal",
-    ),
     "evaluate": (
         "ehrcxr.stages.evaluate",
         "ehrcxr.evaluation.fairness",
