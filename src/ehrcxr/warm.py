@@ -161,10 +161,6 @@ def run(command: str, argv: list[str], cold: Callable[[list[str]], int]) -> int:
             "main_file": getattr(main, "__file__", None),
         }
         payload = json.dumps(request).encode()
-        # A signal that arrives before the command's pid is known waits (blocked) and is then
-        # forwarded: under a parent that ignores SIGINT (pytest-xdist workers, nohup) it used to
-        # be lost, and the caller waited for a command that never heard it.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED_SIGNALS)
         try:
             fds = [0, 1, 2]
             for fd in fds:
@@ -173,11 +169,9 @@ def run(command: str, argv: list[str], cold: Callable[[list[str]], int]) -> int:
             conn.sendall(payload)
             pid = int(_read_line(replies))
         except (OSError, ValueError):
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             return cold(argv)
         forward = lambda sig, _frame: _kill(pid, sig)  # noqa: E731
         previous = {s: signal.signal(s, forward) for s in _FORWARDED_SIGNALS}
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # pending ones are forwarded now
         try:
             status = int(_read_line(replies))
         except (OSError, ValueError):
@@ -306,15 +300,11 @@ def _spawn(conn: socket.socket, listener: socket.socket) -> int | None:
     except (OSError, ValueError):
         conn.close()
         return None
-    # The child starts with the server's signal dispositions (ignored, when the server's starter
-    # ignored SIGINT): a signal forwarded before the child sets its own waits, blocked, until then.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED_SIGNALS)
     pid = os.fork()
     if pid == 0:
         listener.close()
         conn.close()
         _child(request, fds)  # never returns
-    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     for fd in fds:
         os.close(fd)
     try:
@@ -333,9 +323,6 @@ def _child(request: dict, fds: list[int]) -> None:
         for s in _FORWARDED_SIGNALS:
             signal.signal(s, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt, as cold
-        # Blocked by the server around the fork (and by a caller that started the server while
-        # waiting for a pid): delivered from here on, to the handlers just set.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED_SIGNALS)
         os.setsid()  # out of the server's session: the caller's signals reach it by forwarding
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
