@@ -242,6 +242,10 @@ def test_the_command_runs_on_the_callers_cpus(
             while os.sched_getaffinity(command) != set(mask) and time.monotonic() < deadline:
                 time.sleep(0.05)
             seen.append((os.sched_getaffinity(command), set(mask)))
+            # Stop it once it trains: a SIGINT in the first moments after the fork can be lost
+            # when the caller's parent ignores SIGINT (as pytest-xdist workers do) — a known,
+            # open defect of the warm interpreter (README), not what this test is about.
+            time.sleep(3)
         finally:
             caller.send_signal(signal.SIGINT)
             caller.wait(timeout=60)
