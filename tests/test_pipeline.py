@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,10 +19,32 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+DB_SECRET = "s3cret-0f9a2"
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: list[str] | None = None) -> str:
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    if log is not None:
+        log += [done.stdout, done.stderr]
     return done.stdout
+
+
+def _leaks(repo: Path, texts: dict[str, bytes]) -> list[str]:
+    """Which of ``texts`` (name → content) hold a patient-level identifier of the extraction (a
+    stay, subject, admission or DICOM id, as a whole token) or the database password."""
+    cohort = pd.read_parquet(repo / "data" / "extract" / "cohort.parquet")
+    ids = {str(int(v)) for c in ("stay_id", "subject_id", "hadm_id") for v in cohort[c]}
+    ids |= {str(v) for v in cohort["dicom_id"].dropna()}
+    token = re.compile(rb"[0-9A-Za-z][0-9A-Za-z-]*[0-9A-Za-z]|[0-9A-Za-z]")
+    found = []
+    for name, content in texts.items():
+        if DB_SECRET.encode() in content:
+            found.append(f"{name}: the database password")
+        hits = {t.decode() for t in token.findall(content)} & ids
+        if hits:
+            found.append(f"{name}: {len(hits)} patient id(s)")
+    return found
 
 
 def _tree_digest(root: Path) -> str:
@@ -59,6 +82,9 @@ def scratch_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "GIT_COMMITTER_EMAIL": "t@t",
     }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("WANDB_MODE", None)  # params.yaml says offline
+    # A database URL with a password in the environment, as a real user's: it must end nowhere.
+    env["MIMIC_DB_URL"] = f"postgresql://mimic:{DB_SECRET}@127.0.0.1:5/mimiciv"
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["synthesize"]["n_patients"] = 120
     # Two grid cells (a unimodal and a multimodal model, for the permutation test) and a
@@ -90,7 +116,7 @@ def scratch_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     }
     params["model"], params["task"], params["cohort"] = "flex_moe", "mortality", "base"
     params["train"]["max_epochs"] = 1
-    params["wandb"]["mode"] = "disabled"
+    params["wandb"]["mode"] = "offline"  # the data-protection scan reads what W&B holds
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for lock in [repo / "dvc.lock", *(repo / "pipeline").glob("*/dvc.lock")]:
         lock.unlink(missing_ok=True)
@@ -107,7 +133,24 @@ def test_dvc_repro_push_and_pull_the_synthetic_source(
     scratch_repo: tuple[Path, dict[str, str]],
 ) -> None:
     repo, env = scratch_repo
-    _run(["dvc", "repro"], repo, env)
+    log: list[str] = []
+    _run(["dvc", "repro"], repo, env, log)
+    # Data protection: nothing patient-level in W&B's files, the logs, the DVC locks, params.yaml
+    # or anything git would track; no per-stay file, film or array is tracked by git.
+    _run(["git", "add", "-A"], repo, env)
+    tracked = _run(["git", "ls-files"], repo, env).split()
+    assert not [t for t in tracked if t.endswith((".parquet", ".npy", ".jpg", ".ckpt", ".sqlite"))]
+    wandb_files = [p for p in (repo / "wandb").rglob("*") if p.is_file()]
+    assert [p for p in wandb_files if p.suffix == ".wandb"], "no offline W&B run was written"
+    texts = {"dvc repro output": "".join(log).encode()}
+    texts |= {str(p.relative_to(repo)): p.read_bytes() for p in wandb_files}
+    texts |= {t: (repo / t).read_bytes() for t in tracked}
+    assert "params.yaml" in texts and "dvc.lock" in texts
+    assert _leaks(repo, texts) == []
+    # The scan can fail: a cohort table or the URL among them is found.
+    cohort_csv = pd.read_parquet(repo / "data/extract/cohort.parquet").to_csv().encode()
+    control = _leaks(repo, {"cohort": cohort_csv, "url": env["MIMIC_DB_URL"].encode()})
+    assert control[0].startswith("cohort: ") and control[1] == "url: the database password"
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["synthesize"]["params"]["params.yaml"]["synthesize"]["n_patients"] == 120
     # The grid's stages keep their own locks (pipeline/<kind>/dvc.lock), each stage with one

@@ -192,9 +192,13 @@ def _git(repo: Path, *args: str) -> None:
 def test_gate_fails_on_a_planted_regression_and_passes_within_tolerance(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "metrics" / "benchmark").mkdir(parents=True)
-    (repo / "params.yaml").write_text(
-        yaml.safe_dump({"gate": {"runs": ["m-t-c"], "tolerance": 0.02}})
-    )
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def write_params(runs: list[str]) -> None:
+        params["gate"] = {"runs": runs, "tolerance": 0.02}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    write_params(["m-t-c"])
     committed = {"auroc": 0.80, "auprc": 0.40, "n_stays": 100}
     metrics_file = repo / "metrics" / "benchmark" / "m-t-c.json"
     metrics_file.write_text(json.dumps(committed))
@@ -219,7 +223,7 @@ def test_gate_fails_on_a_planted_regression_and_passes_within_tolerance(tmp_path
     metrics_file.write_text(json.dumps({"n_stays": 100}))  # metrics vanished
     assert gate().returncode == 1
     metrics_file.write_text(json.dumps(committed))
-    (repo / "params.yaml").write_text(yaml.safe_dump({"gate": {"runs": [], "tolerance": 0.02}}))
+    write_params([])
     assert gate().returncode == 2  # an empty comparison never passes
 
 

@@ -78,6 +78,13 @@ def _driver_reason(exc: BaseException, url: URL) -> str:
     return first
 
 
+def query_error(exc: sa.exc.DBAPIError, url: str | URL) -> DatabaseError:
+    """A failed query as one line: the database, and the driver's first line (e.g. ``permission
+    denied for table icustays``, ``column x.charttime does not exist``), no password, no SQL."""
+    u = make_url(url)
+    return DatabaseError(f"query on {describe(u)} failed: {_driver_reason(exc, u)}")
+
+
 def sqlite_url(main_file: str | os.PathLike[str]) -> str:
     """The SQLAlchemy URL of an embedded source's main file."""
     return f"sqlite:///{Path(main_file).resolve()}"

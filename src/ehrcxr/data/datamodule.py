@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from ehrcxr.batch import Batch, InputSpec
 from ehrcxr.errors import EhrcxrError
+from ehrcxr.io import require_inputs
 from ehrcxr.tasks import COHORTS, Task
 
 SPLITS = ("train", "val", "test")
@@ -52,6 +53,14 @@ def load_arrays(
     ``("train", "val")``: the test stays, their EHR and their labels never enter its process."""
     if cohort not in COHORTS:
         raise EhrcxrError(f"cohort must be one of {COHORTS}, not {cohort!r}")
+    require_inputs(paths.extract / "cohort.parquet", made_by="ehrcxr extract")
+    require_inputs(
+        *(paths.features / n for n in ("ehr.npy", "stays.csv", "features.json")),
+        made_by="ehrcxr featurize",
+    )
+    require_inputs(
+        paths.images / "images.npy", paths.images / "index.csv", made_by="ehrcxr cache-images"
+    )
     table = pd.read_parquet(paths.extract / "cohort.parquet")
     stays = pd.read_csv(paths.features / "stays.csv")
     meta = json.loads((paths.features / "features.json").read_text())
@@ -65,6 +74,13 @@ def load_arrays(
     images = np.load(paths.images / "images.npy")
     film_row = pd.Series(index["row"].to_numpy(), index=index["stay_id"].to_numpy())
     sel = table[keep]
+    sizes = sel["split"].value_counts()
+    if any(sizes.get(split, 0) == 0 for split in splits):
+        shown = ", ".join(f"{sizes.get(split, 0)} {split}" for split in splits)
+        raise EhrcxrError(
+            f"the {cohort} cohort is too small to train and evaluate on ({shown} stays): "
+            "every split needs stays (a larger source, or params extract.split)"
+        )
     cxr_row = sel["stay_id"].map(film_row).fillna(-1).to_numpy(dtype=np.int64, copy=True)
     hours = (sel["cxr_time"] - sel["intime"]).dt.total_seconds().to_numpy(dtype=np.float64) / 3600
     cxr_time = np.where(cxr_row >= 0, np.nan_to_num(hours, nan=0.0), 0.0).astype(np.float32)

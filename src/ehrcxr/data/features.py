@@ -15,6 +15,13 @@ Steps, all statistics from the training split only:
    MedFuse's raw-input LSTM blind to the EHR).
 
 Result: float32 [N, T, F + M] — F kept feature values, then M masks — with stays in cohort order.
+
+Finite, guaranteed: ``ehrcxr extract`` drops every charted value outside the feature's plausible
+range (``resources/features.csv``), so ±inf never reaches ``hourly.parquet``. An hourly frame that
+still holds ±inf (written by something else) is refused, not repaired — an :class:`EhrcxrError`
+naming each such feature and its count — because imputing it would hide a broken input; and a
+tensor with a non-finite entry (a finite but absurd value that overflows float32 once scaled) is
+refused the same way, naming its channels. Both checks are real checks, not ``assert``.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+
+from ehrcxr.errors import EhrcxrError
 
 
 @dataclasses.dataclass
@@ -69,6 +78,13 @@ def build(
     max_missing_fraction: float,
 ) -> FeatureSet:
     """The EHR tensor; ``train`` is a bool [N] marking training-split stays."""
+    infinite = np.isinf(hourly[names].to_numpy(dtype=float)).sum(axis=0)
+    if infinite.any():
+        found = ", ".join(f"{n}: {int(k)}" for n, k in zip(names, infinite, strict=True) if k)
+        raise EhrcxrError(
+            f"hourly features hold infinite values ({found}); `ehrcxr extract` writes finite "
+            "values only (implausible ones are dropped): re-extract"
+        )
     raw = dense(hourly, stay_ids, names, hours)
     missing = {n: float(np.isnan(raw[train, :, i]).mean()) for i, n in enumerate(names)}
     dropped = [n for n in names if n not in indicators and missing[n] > max_missing_fraction]
@@ -93,12 +109,20 @@ def build(
         col = x[:, :, i]
         col[np.isnan(col)] = med
         x[:, :, i] = (col - med) / spread
-    tensor = np.concatenate([x, masks], axis=2).astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow is refused just below, by name
+        tensor = np.concatenate([x, masks], axis=2).astype(np.float32)
+    mask_names = [f"{n}_mask" for n in np.array(kept)[~is_ind]]
+    bad = (~np.isfinite(tensor)).sum(axis=(0, 1))
+    if bad.any():
+        found = ", ".join(
+            f"{c}: {int(k)}" for c, k in zip([*kept, *mask_names], bad, strict=True) if k
+        )
+        raise EhrcxrError(f"the EHR tensor has non-finite entries ({found})")
     return FeatureSet(
         tensor=tensor,
         stay_ids=stay_ids,
         value_names=kept,
-        mask_names=[f"{n}_mask" for n in np.array(kept)[~is_ind]],
+        mask_names=mask_names,
         median=median,
         iqr=iqr,
         scale=scale,

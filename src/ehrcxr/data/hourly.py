@@ -1,13 +1,21 @@
 """Hourly EHR features over each cohort stay's first 48 h, aggregated in SQL.
 
 The feature list (``resources/features.csv``) is data: name, source table, column, per-hour
-aggregation (mean, max, sum, last, indicator, interval), join key, and for rhythm indicators the
-chartevents itemid and value string. Every query joins a temporary table of the cohort's stays
-(``ehrcxr_cohort``) and keeps only ``intime <= charttime < intime + 48 h``, so memory depends on
-the cohort and the window, never on the size of chartevents.
+aggregation (mean, max, sum, last, indicator, interval), join key, for rhythm indicators the
+chartevents itemid and value string, and for every other feature its plausible range
+``valid_low ≤ value ≤ valid_high`` (units and sources: ``resources/features.md``). Every query
+joins a temporary table of the cohort's stays (``ehrcxr_cohort``) and keeps only
+``intime <= charttime < intime + 48 h``, so memory depends on the cohort and the window, never on
+the size of chartevents.
+
+Plausibility: a charted value outside its range is dropped before aggregation (in SQL: ``BETWEEN``
+inside the aggregate, or a flag that excludes the row), and counted. The same test removes
+PostgreSQL's ``'Infinity'``, ``'-Infinity'`` and ``'NaN'`` (NaN sorts above every number there)
+and SQLite's ±9e999 (SQLite stores a NaN as NULL: not charted). So every aggregate is finite.
 
 Output: a long frame ``stay_id, hour`` (0…47) plus one float column per feature, NaN where
-nothing was charted in that hour (rhythm indicators are 0/1 where charted).
+nothing plausible was charted in that hour (rhythm indicators are 0/1 where charted); and per
+ranged feature the number of non-null values charted in the cohort's windows that were dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from ehrcxr.data.database import read_sql_resource
 HOUR = 3600
 COHORT_TABLE = "ehrcxr_cohort"
 AGGREGATE_SQL = {"mean": "AVG", "max": "MAX", "sum": "SUM"}
+DROPPED = "__implausible"  # suffix of a query's per-(stay, hour) count of dropped values
 
 
 @functools.cache
@@ -36,7 +45,24 @@ def feature_table() -> pd.DataFrame:
     # keep_default_na=False: the ectopy value string 'None' is data, not a missing value.
     table = pd.read_csv(io.StringIO(text), keep_default_na=False, dtype=str)
     table["itemid"] = pd.to_numeric(table["itemid"].replace("", np.nan))
+    for bound in ("valid_low", "valid_high"):
+        table[bound] = pd.to_numeric(table[bound].replace("", np.nan))
+    ranged = table["aggregation"] != "indicator"
+    low, high = table["valid_low"].to_numpy(), table["valid_high"].to_numpy()
+    bad = ranged & ~(np.isfinite(low) & np.isfinite(high) & (low < high))
+    bad |= ~ranged & (table["valid_low"].notna() | table["valid_high"].notna())
+    if bad.any():
+        raise ValueError(
+            "features.csv: every non-indicator feature needs finite valid_low < valid_high and "
+            f"indicators none; not so for {', '.join(table.loc[bad, 'name'])}"
+        )
     return table
+
+
+def ranged_names() -> list[str]:
+    """Features with a plausible range (every one but the rhythm indicators)."""
+    t = feature_table()
+    return t.loc[t["valid_low"].notna(), "name"].tolist()
 
 
 def indicator_names() -> list[str]:
@@ -97,14 +123,27 @@ def _frame(conn: Connection, sql: str, params: dict | None = None) -> pd.DataFra
     return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
-def extract_hourly(conn: Connection, cohort: pd.DataFrame, window_hours: int) -> pd.DataFrame:
-    """Every feature per (stay, hour); the cohort table must exist on ``conn``."""
+def _plausible(column: str, k: int) -> str:
+    """SQL true when ``column`` lies in the range bound as ``:lo<k>``, ``:hi<k>`` (NULL: null)."""
+    return f"x.{column} BETWEEN :lo{k} AND :hi{k}"
+
+
+def _bounds(k: int, row) -> dict[str, float]:
+    return {f"lo{k}": float(row.valid_low), f"hi{k}": float(row.valid_high)}
+
+
+def extract_hourly(
+    conn: Connection, cohort: pd.DataFrame, window_hours: int
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Every feature per (stay, hour), and per ranged feature the number of implausible values
+    dropped (see the module docstring); the cohort table must exist on ``conn``."""
     dialect = conn.dialect.name
     hour = hour_expression(dialect)
     features = feature_table()
     stays = np.sort(cohort["stay_id"].to_numpy().astype(np.int64))
     names = features["name"].tolist()
     values = np.full((len(stays) * window_hours, len(names)), np.nan)
+    implausible = dict.fromkeys(ranged_names(), 0)
 
     def put(frame: pd.DataFrame) -> None:
         if frame.empty:
@@ -112,21 +151,28 @@ def extract_hourly(conn: Connection, cohort: pd.DataFrame, window_hours: int) ->
         row = np.searchsorted(stays, frame["stay_id"].to_numpy().astype(np.int64)) * window_hours
         row = row + frame["hour"].to_numpy().astype(np.int64)
         for column in frame.columns.drop(["stay_id", "hour"]):
-            values[row, names.index(column)] = frame[column].astype(float).to_numpy()
+            if column.endswith(DROPPED):
+                implausible[column.removesuffix(DROPPED)] += int(frame[column].sum())
+            else:
+                values[row, names.index(column)] = frame[column].astype(float).to_numpy()
 
     template = read_sql_resource("hourly_aggregate.sql")
     for (source, join_on, agg), group in features.groupby(
         ["source", "join_on", "aggregation"], sort=False
     ):
         if agg in AGGREGATE_SQL:
-            aggregates = ", ".join(
-                f"{AGGREGATE_SQL[agg]}(x.{c}) AS {n}"
-                for c, n in zip(group["column"], group["name"], strict=True)
-            )
+            params, parts = {}, []
+            for k, row in enumerate(group.itertuples(index=False)):
+                params |= _bounds(k, row)
+                ok, c, n = _plausible(row.column, k), row.column, row.name
+                parts.append(f"{AGGREGATE_SQL[agg]}(CASE WHEN {ok} THEN x.{c} END) AS {n}")
+                parts.append(
+                    f"SUM(CASE WHEN x.{c} IS NULL OR {ok} THEN 0 ELSE 1 END) AS {n}{DROPPED}"
+                )
             sql = template.format(
-                source=source, join_on=join_on, hour=hour, aggregates=aggregates, filter=""
+                source=source, join_on=join_on, hour=hour, aggregates=", ".join(parts), filter=""
             )
-            put(_frame(conn, sql))
+            put(_frame(conn, sql, params))
         elif agg == "indicator":
             params, parts = {}, []
             for k, row in enumerate(group.itertuples(index=False)):
@@ -147,16 +193,22 @@ def extract_hourly(conn: Connection, cohort: pd.DataFrame, window_hours: int) ->
         elif agg == "last":
             last = read_sql_resource("hourly_last.sql")
             for row in group.itertuples(index=False):
-                frame = _frame(
-                    conn, last.format(source=source, join_on=join_on, hour=hour, column=row.column)
+                ok = f"CASE WHEN {_plausible(row.column, 0)} THEN 1 ELSE 0 END"
+                sql = last.format(
+                    source=source, join_on=join_on, hour=hour, column=row.column, plausible=ok
                 )
-                put(frame.rename(columns={"value": row.name}))
+                frame = _frame(conn, sql, _bounds(0, row))
+                put(frame.rename(columns={"value": row.name, "dropped": row.name + DROPPED}))
         elif agg == "interval":
             sql = read_sql_resource("window_intervals.sql")
             for row in group.itertuples(index=False):
-                frame = _frame(conn, sql.format(source=source, join_on=join_on, column=row.column))
+                ok = f"CASE WHEN {_plausible(row.column, 0)} THEN 1 ELSE 0 END"
+                text = sql.format(source=source, join_on=join_on, column=row.column, plausible=ok)
+                frame = _frame(conn, text, _bounds(0, row))
+                kept = frame["plausible"].astype(int) == 1
+                implausible[row.name] += int((~kept).sum())
                 put(
-                    _intervals_to_hours(frame, cohort, window_hours).rename(
+                    _intervals_to_hours(frame[kept], cohort, window_hours).rename(
                         columns={"value": row.name}
                     )
                 )
@@ -165,7 +217,7 @@ def extract_hourly(conn: Connection, cohort: pd.DataFrame, window_hours: int) ->
     out = pd.DataFrame(values, columns=names)
     out.insert(0, "hour", np.tile(np.arange(window_hours, dtype=np.int16), len(stays)))
     out.insert(0, "stay_id", np.repeat(stays, window_hours))
-    return out
+    return out, implausible
 
 
 def _intervals_to_hours(

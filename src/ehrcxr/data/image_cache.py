@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from ehrcxr.data.cxr import image_path
+from ehrcxr.errors import EhrcxrError
 
 
 def transform(path: Path, resize: int, crop: int) -> np.ndarray:
@@ -37,11 +38,25 @@ def build_cache(
     Returns (uint8 [M, crop, crop] with one row per distinct dicom_id, index ``stay_id, row,
     dicom_id`` in ``matched`` order).
     """
+    if not (Path(root) / "files").is_dir():
+        raise EhrcxrError(f"CXR root {root} has no files/ folder (the MIMIC-CXR-JPG layout)")
     unique = matched.drop_duplicates("dicom_id").reset_index(drop=True)
     images = np.zeros((len(unique), crop, crop), dtype=np.uint8)
+    failed = {"missing": 0, "unreadable": 0}
     for i, r in enumerate(unique.itertuples(index=False)):
-        images[i] = transform(
-            image_path(Path(root), r.subject_id, r.cxr_study_id, r.dicom_id), resize, crop
+        path = image_path(Path(root), r.subject_id, r.cxr_study_id, r.dicom_id)
+        try:
+            images[i] = transform(path, resize, crop)
+        except FileNotFoundError:
+            failed["missing"] += 1
+        except (OSError, SyntaxError, ValueError):  # PIL: truncated or not a JPEG
+            failed["unreadable"] += 1
+    if any(failed.values()):
+        # Counts only: a film's path holds its patient's and study's ids.
+        raise EhrcxrError(
+            f"{failed['missing']} missing and {failed['unreadable']} unreadable of the "
+            f"{len(unique)} films the extraction matched under {root}: the CXR folder changed "
+            "since `ehrcxr extract` (rerun it: dvc repro extract)"
         )
     row = pd.Series(np.arange(len(unique)), index=unique["dicom_id"].to_numpy())
     index = pd.DataFrame(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ehrcxr.errors import EhrcxrError
 from ehrcxr.evaluation.metrics import (
     THRESHOLD,
     binary_metrics,
@@ -16,6 +17,8 @@ from ehrcxr.evaluation.metrics import (
 from ehrcxr.tasks import Task
 
 DIGITS = 4
+# A multi-class row's probabilities sum to 1 up to float32 rounding of a softmax.
+SUM_TOLERANCE = 1e-3
 
 
 def summarize(values: list[float], fn) -> float | None:
@@ -54,6 +57,57 @@ def _per_seed(
     # Labels the model never flags at 0.5: their F1, recall and TPR are 0 by construction.
     headline["labels_never_predicted_positive"] = int((above == 0).sum())
     return headline, per_label
+
+
+def check_predictions(predictions: pd.DataFrame, task: Task, split: str) -> None:
+    """Refuse a predictions file no metric should be computed from, with one line saying what
+    is wrong (counts and column names only, never a stay): missing columns, no ``split`` rows,
+    non-numeric, NaN or infinite values, probabilities outside [0, 1] (logits), multi-class rows
+    that do not sum to 1, labels outside the task's values, a stay twice in one seed, or seeds
+    that scored different stays. Evaluation would otherwise give null AUROCs beside computed
+    accuracies, or count a duplicated stay twice."""
+    need = ["stay_id", "split", "seed", *task.prob_columns, *task.label_columns]
+    missing = [c for c in need if c not in predictions.columns]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise EhrcxrError(f"predictions lack the {task.name} column(s) {shown}")
+    if not (predictions["split"] == split).any():
+        raise EhrcxrError(f"predictions hold no {split!r} rows")
+    part = predictions  # every row: a bad value anywhere says the file is not what train writes
+    for column in ["stay_id", "seed", *task.prob_columns, *task.label_columns]:
+        values = pd.to_numeric(part[column], errors="coerce").to_numpy(dtype=float)
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise EhrcxrError(f"predictions column {column}: {bad} value(s) not finite numbers")
+    probs = part[task.prob_columns].to_numpy(dtype=float)
+    outside = int(((probs < 0) | (probs > 1)).sum())
+    if outside:
+        raise EhrcxrError(
+            f"predictions: {outside} probabilities outside [0, 1] (logits, not probabilities?)"
+        )
+    labels = part[task.label_columns].to_numpy(dtype=float)
+    if task.kind == "multiclass":
+        off = int((np.abs(probs.sum(axis=1) - 1) > SUM_TOLERANCE).sum())
+        if off:
+            raise EhrcxrError(
+                f"predictions: {off} row(s) whose {task.name} class probabilities do not sum to 1"
+            )
+        allowed = np.arange(task.n_outputs)
+    else:
+        allowed = np.array([0.0, 1.0])
+    wrong = int((~np.isin(labels, allowed)).sum())
+    if wrong:
+        raise EhrcxrError(
+            f"predictions: {wrong} {task.name} label(s) outside {allowed.astype(int).tolist()}"
+        )
+    duplicated = int(part.duplicated(["seed", "split", "stay_id"]).sum())
+    if duplicated:
+        raise EhrcxrError(f"predictions: {duplicated} stay(s) twice in one seed's rows of a split")
+    stays = part[part["split"] == split].groupby("seed")["stay_id"].agg(lambda s: tuple(sorted(s)))
+    if stays.nunique() > 1:
+        raise EhrcxrError(f"predictions: the seeds scored different {split} stays")
 
 
 COUNTS = ("n_positive", "n_predicted_positive", "labels_never_predicted_positive")

@@ -13,10 +13,9 @@ import io
 import json
 
 import numpy as np
-import pandas as pd
 
 from ehrcxr import params as params_mod
-from ehrcxr.io import atomic_path
+from ehrcxr.io import atomic_path, read_parquet
 from ehrcxr.stages._source import add_source_arguments, resolve
 
 
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> None:
     params = params_mod.load(args.params)
     p = params_mod.cache_images_params(params)
     _, cxr_root = resolve(args, params)
-    cohort = pd.read_parquet(f"{args.extract}/cohort.parquet")
+    cohort = read_parquet(f"{args.extract}/cohort.parquet", "cohort table (ehrcxr extract)")
     matched = cohort[cohort["matched"]][["stay_id", "subject_id", "cxr_study_id", "dicom_id"]]
     images, index = build_cache(matched, cxr_root, p.resize, p.crop)
     with atomic_path(args.out) as out:

@@ -40,27 +40,39 @@ def _write(path: str, payload: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from ehrcxr.errors import EhrcxrError
     from ehrcxr.evaluation.fairness import fairness_report
-    from ehrcxr.evaluation.runs import evaluate_predictions
+    from ehrcxr.evaluation.runs import check_predictions, evaluate_predictions
+    from ehrcxr.io import read_parquet
     from ehrcxr.tasks import get_task
 
     params = params_mod.load(args.params)
     split = params_mod.section(params, "evaluate")["split"]
     task = get_task(args.task)
-    predictions = pd.read_parquet(args.predictions)
     fair = params_mod.section(params, "fairness")
+    if args.fairness_out and not args.stays:
+        raise EhrcxrError("--fairness-out needs --stays (the cohort table)")
+    predictions = read_parquet(args.predictions, "predictions file")
+    try:
+        check_predictions(predictions, task, split)
+    except EhrcxrError as exc:
+        raise EhrcxrError(f"{args.predictions}: {exc}") from None
+    # Every number first, then every file: a failure leaves no output half-written.
+    outputs = {}
     headline, per_label = evaluate_predictions(predictions, task, split, int(fair["ece_bins"]))
-    _write(args.out, headline)
+    outputs[args.out] = headline
     if args.per_label_out:
-        _write(args.per_label_out, per_label)
+        outputs[args.per_label_out] = per_label
     if args.fairness_out:
-        if not args.stays:
-            raise EhrcxrError("--fairness-out needs --stays (the cohort table)")
-        stays = pd.read_parquet(args.stays, columns=["stay_id", *fair["attributes"]])
-        report = fairness_report(
+        stays = read_parquet(args.stays, "cohort table", columns=["stay_id", *fair["attributes"]])
+        scored = predictions.loc[predictions["split"] == split, "stay_id"]
+        unknown = int((~scored.isin(stays["stay_id"])).sum())
+        if unknown:
+            raise EhrcxrError(
+                f"{args.predictions}: {unknown} {split} stay(s) are not in the cohort table "
+                f"{args.stays} (predictions of another extraction?)"
+            )
+        outputs[args.fairness_out] = fairness_report(
             predictions,
             stays,
             task,
@@ -69,4 +81,5 @@ def run(args: argparse.Namespace) -> None:
             min_group_size=int(fair["min_group_size"]),
             n_bins=int(fair["ece_bins"]),
         )
-        _write(args.fairness_out, report)
+    for path, payload in outputs.items():
+        _write(path, payload)

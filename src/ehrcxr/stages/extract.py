@@ -10,12 +10,17 @@ Writes to ``--out``:
   ``split`` ('train'/'val'/'test').
 - ``attrition.csv``: ``step, name, description, n_stays`` after each exclusion step, in order.
 - ``hourly.parquet``: ``stay_id, hour`` (0…window−1) and one float column per feature of
-  ``resources/features.csv`` (NaN: not charted in that hour), stays × hours, ordered.
+  ``resources/features.csv`` (NaN: nothing plausible charted in that hour; every value finite:
+  charted values outside the feature's ``valid_low``–``valid_high`` are dropped before the hour's
+  aggregate), stays × hours, ordered.
 - ``cxr_skipped.csv``: ``dicom_id, subject_id, study_id, reason`` (missing | unreadable) for
-  every candidate film that was skipped.
+  every candidate film that was skipped, and (malformed) every metadata row with the wrong number
+  of fields (its ids as far as they could be read; blank otherwise).
 
 and the verification manifest to ``--metrics`` (JSON, a DVC metric): counts after each step,
-matched fraction, skipped films, label prevalences, split sizes, per-feature missingness.
+matched fraction, skipped films, label prevalences, split sizes, per-feature missingness, and
+per feature the charted values in the cohort's windows dropped as outside its plausible range
+(``implausible``; ranges in ``resources/features.csv``, sources in ``resources/features.md``).
 """
 
 from __future__ import annotations
@@ -54,7 +59,11 @@ def run(args: argparse.Namespace) -> None:
         result.skipped.to_csv(out / "cxr_skipped.csv", index=False)
     if args.metrics:
         manifest = verification_manifest(
-            result.cohort, result.attrition, result.skipped, result.hourly
+            result.cohort,
+            result.attrition,
+            result.skipped,
+            result.hourly,
+            implausible=result.implausible,
         )
         write_text_atomic(args.metrics, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     summary = {
@@ -67,7 +76,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 def verification_manifest(
-    cohort: pd.DataFrame, attrition: pd.DataFrame, skipped: pd.DataFrame, features: pd.DataFrame
+    cohort: pd.DataFrame,
+    attrition: pd.DataFrame,
+    skipped: pd.DataFrame,
+    features: pd.DataFrame,
+    implausible: dict[str, int] | None = None,
 ) -> dict:
     """Aggregate counts only (no per-stay data): what `dvc metrics diff` compares across runs."""
     from ehrcxr.data.phenotypes import phenotype_columns
@@ -82,7 +95,8 @@ def verification_manifest(
         "matched": int(cohort["matched"].sum()),
         "matched_fraction": r(cohort["matched"].mean()),
         "cxr_skipped": {
-            reason: int((skipped["reason"] == reason).sum()) for reason in ("missing", "unreadable")
+            reason: int((skipped["reason"] == reason).sum())
+            for reason in ("missing", "unreadable", "malformed")
         },
         "prevalence": {
             "mortality": r(cohort["mortality"].mean()),
@@ -95,4 +109,5 @@ def verification_manifest(
             for s in ("train", "val", "test")
         },
         "missing_fraction": {c: r(values[c].isna().mean()) for c in values.columns},
+        "implausible": {k: int(v) for k, v in (implausible or {}).items()},
     }

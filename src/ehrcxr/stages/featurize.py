@@ -8,6 +8,9 @@ Reads ``--extract`` (cohort.parquet, hourly.parquet); writes to ``--out``:
 - ``features.json``: ``value_names`` (F), ``mask_names`` (M), training ``median``, ``iqr`` and
   ``scale`` (the divisor: max(IQR, winsorised σ)) per feature, ``dropped`` features, training
   ``missing_fraction`` per feature.
+
+Refuses (exit 2, one line naming the features) an ``hourly.parquet`` holding ±inf, which
+``ehrcxr extract`` never writes, and never writes an ``ehr.npy`` with a non-finite entry.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ehrcxr import params as params_mod
-from ehrcxr.io import atomic_path
+from ehrcxr.io import atomic_path, read_parquet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +38,9 @@ def run(args: argparse.Namespace) -> None:
     params = params_mod.load(args.params)
     p = params_mod.featurize_params(params)
     window = params_mod.extract_params(params).window_hours
-    cohort = pd.read_parquet(f"{args.extract}/cohort.parquet", columns=["stay_id", "split"])
-    table = pd.read_parquet(f"{args.extract}/hourly.parquet")
+    made = "cohort table (ehrcxr extract)"
+    cohort = read_parquet(f"{args.extract}/cohort.parquet", made, columns=["stay_id", "split"])
+    table = read_parquet(f"{args.extract}/hourly.parquet", "hourly features (ehrcxr extract)")
     names = hourly.feature_table()["name"].tolist()
     stay_ids = cohort["stay_id"].to_numpy()
     fs = features.build(

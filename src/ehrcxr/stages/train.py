@@ -97,10 +97,13 @@ def run(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ehrcxr.data.datamodule import DataPaths
-    from ehrcxr.io import atomic_path
+    from ehrcxr.io import atomic_path, require_inputs
     from ehrcxr.training import train_one
 
     params = params_mod.load(args.params)
+    require_inputs(args.extract, made_by="ehrcxr extract")
+    require_inputs(args.features, made_by="ehrcxr featurize")
+    require_inputs(args.images, made_by="ehrcxr cache-images")
     paths = DataPaths(Path(args.extract), Path(args.features), Path(args.images))
     model_params = None
     if args.hyperparameters:
@@ -113,12 +116,20 @@ def run(args: argparse.Namespace) -> None:
     cfg = spec.train
     wandb_cfg = params_mod.wandb_config(params)
     start = time.perf_counter()
-    # Not atomic: under DDP every process writes here (rank 0 saves the checkpoints).
+    # Not atomic: under DDP every process writes here (rank 0 saves the checkpoints). A run that
+    # fails before its first checkpoint leaves no empty folder behind.
     out = Path(args.out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    runs = [
-        train_one(spec, seed, wandb_cfg, out, fast_dev_run=args.fast_dev_run) for seed in cfg.seeds
-    ]
+    try:
+        runs = [
+            train_one(spec, seed, wandb_cfg, out, fast_dev_run=args.fast_dev_run)
+            for seed in cfg.seeds
+        ]
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     if any(r is None for r in runs):
         return  # a non-zero DDP rank: rank 0 writes the outputs
     predictions = pd.concat([r[0] for r in runs], ignore_index=True)
