@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-DB_SECRET = "s3cret-0f9a2"
+# Drawn per run: a literal would sit in this (git-tracked) file, where the scan would find it.
+DB_SECRET = f"pw-{secrets.token_hex(6)}"
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: list[str] | None = None) -> str:
