@@ -114,17 +114,24 @@ def test_the_schema_declares_each_models_constructor_arguments() -> None:
 
 
 def test_the_registered_models_are_read_without_importing_the_registry() -> None:
+    from ehrcxr.model_names import NOT_MODELS
     from ehrcxr.models import broken_models, list_models, registry
 
     assert list(params_mod.registered_models()) == registry.model_modules() == list_models()
     assert broken_models() == {}
-    assert params_mod.NOT_MODELS == registry.NOT_MODELS
+    # The file names are the package's modules as Python finds them, the helpers left out.
+    import pkgutil
+
+    import ehrcxr.models as package
+
+    found = sorted(info.name for info in pkgutil.iter_modules(package.__path__))
+    assert sorted([*params_mod.registered_models(), *NOT_MODELS]) == found
 
 
 def test_the_schemas_choices_are_the_codes() -> None:
     """Choices the schema writes out are those of the code that reads them."""
     from ehrcxr import tasks, tuning
-    from ehrcxr.data.phenotypes import phenotype_columns
+    from ehrcxr.data.phenotypes import phenotype_columns, phenotype_table
     from ehrcxr.evaluation import runs, statistics
     from ehrcxr.models import encoders, inforeg, utde
 
@@ -149,7 +156,8 @@ def test_the_schemas_choices_are_the_codes() -> None:
     assert set(metrics["phenotype"]["items"]["choices"]) == binary
     assert set(metrics["los"]["items"]["choices"]) == set(statistics._MULTICLASS)
     assert set(runs.PER_LABEL) <= set(keys["report"]["keys"]["robustness_metric"]["choices"])
-    assert list(params_mod.phenotypes()) == phenotype_columns()
+    assert params_mod._named_set("phenotypes", {}) == tuple(phenotype_columns())
+    assert phenotype_columns() == phenotype_table()["column"].tolist()  # stdlib read = pandas'
 
 
 def test_the_trainer_choices_are_lightnings() -> None:

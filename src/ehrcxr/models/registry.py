@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import pkgutil
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from ehrcxr import model_names
 from ehrcxr.batch import InputSpec
 from ehrcxr.errors import EhrcxrError
 from ehrcxr.models.encoders import EncoderConfig
 
 MODALITIES = ("ehr", "cxr")
 PARADIGMS = ("unimodal", "complete-modality", "missing-modality")  # CareBench paper, appendix C
-NOT_MODELS = ("registry", "encoders")  # modules of the package that hold no model
 _REGISTRY: dict[str, type[nn.Module]] = {}
 _MODALITIES: dict[str, tuple[str, ...]] = {}
 _PARADIGM: dict[str, str] = {}
@@ -64,9 +63,7 @@ def model_modules() -> list[str]:
     """Names of the package's model modules (= registry names)."""
     import ehrcxr.models as package
 
-    return sorted(
-        info.name for info in pkgutil.iter_modules(package.__path__) if info.name not in NOT_MODELS
-    )
+    return model_names.model_modules(package.__path__)
 
 
 def _import(name: str) -> bool:

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from ehrcxr import params as params_mod
+from ehrcxr.stages._data import add_data_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cohort", default="matched", help="matched | base")
     parser.add_argument("--batches", type=int, default=30, help="timed training batches")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first")
-    parser.add_argument("--extract", default="data/extract", help="folder of `ehrcxr extract`")
-    parser.add_argument("--features", default="data/features", help="folder of `ehrcxr featurize`")
-    parser.add_argument("--images", default="data/images", help="folder of `ehrcxr cache-images`")
+    add_data_arguments(parser)
     parser.add_argument("--params", default="params.yaml", help="params file")
     parser.add_argument("--out", default=None, help="write the measurements here (JSON)")
 

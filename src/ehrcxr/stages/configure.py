@@ -38,6 +38,7 @@ TRAIN_CODE = (
     "errors.py",
     "hyperparameters.py",
     "io.py",
+    "model_names.py",
     "params.py",
     "params_schema.yaml",
     "tasks.py",
@@ -54,6 +55,7 @@ TRAIN_CODE = (
     "models/encoders.py",
     "models/registry.py",
     "stages/__init__.py",
+    "stages/_data.py",
     "stages/train.py",
 )
 # … and those `ehrcxr tune` runs besides (it trains through the training core).
@@ -63,6 +65,7 @@ EVALUATE_CODE = (
     "cli.py",
     "errors.py",
     "io.py",
+    "model_names.py",
     "params.py",
     "params_schema.yaml",
     "tasks.py",

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ehrcxr import params as params_mod
+from ehrcxr.stages._data import add_data_arguments, data_paths
 
 if TYPE_CHECKING:
     from ehrcxr.data.datamodule import DataPaths
@@ -34,9 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--task", required=True, help="mortality | phenotype | los")
     parser.add_argument("--cohort", required=True, help="matched | base")
-    parser.add_argument("--extract", default="data/extract", help="folder of `ehrcxr extract`")
-    parser.add_argument("--features", default="data/features", help="folder of `ehrcxr featurize`")
-    parser.add_argument("--images", default="data/images", help="folder of `ehrcxr cache-images`")
+    add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="checkpoint folder")
     parser.add_argument("--predictions", required=True, help="predictions file (parquet)")
     parser.add_argument("--curves", default=None, help="learning curves (CSV; optional)")
@@ -96,15 +95,11 @@ def run(args: argparse.Namespace) -> None:
 
     import pandas as pd
 
-    from ehrcxr.data.datamodule import DataPaths
-    from ehrcxr.io import atomic_path, require_inputs
+    from ehrcxr.io import atomic_path
     from ehrcxr.training import train_one
 
     params = params_mod.load(args.params)
-    require_inputs(args.extract, made_by="ehrcxr extract")
-    require_inputs(args.features, made_by="ehrcxr featurize")
-    require_inputs(args.images, made_by="ehrcxr cache-images")
-    paths = DataPaths(Path(args.extract), Path(args.features), Path(args.images))
+    paths = data_paths(args)
     model_params = None
     if args.hyperparameters:
         from ehrcxr.hyperparameters import read_hyperparameters

@@ -34,15 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from ehrcxr import params as params_mod
+from ehrcxr.stages._data import add_data_arguments, data_paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="registered model with a search space")
     parser.add_argument("--task", required=True, help="mortality | phenotype | los")
     parser.add_argument("--cohort", required=True, help="matched | base")
-    parser.add_argument("--extract", default="data/extract", help="folder of `ehrcxr extract`")
-    parser.add_argument("--features", default="data/features", help="folder of `ehrcxr featurize`")
-    parser.add_argument("--images", default="data/images", help="folder of `ehrcxr cache-images`")
+    add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="folder: best.json and result.pkl")
     parser.add_argument("--trials", required=True, help="trials table (CSV)")
     parser.add_argument("--summary", required=True, help="best configuration and value (JSON)")
@@ -67,7 +66,6 @@ def run(args: argparse.Namespace) -> None:
     from skopt import dump
 
     from ehrcxr import tuning
-    from ehrcxr.data.datamodule import DataPaths
     from ehrcxr.errors import EhrcxrError
     from ehrcxr.evaluation.metrics import selection_value
     from ehrcxr.hyperparameters import cell_name
@@ -82,7 +80,7 @@ def run(args: argparse.Namespace) -> None:
         raise EhrcxrError(f"{cell} is not among params tune.models × tune.tasks × tune.cohorts")
     if params_mod.train_config(params).devices != 1:
         raise EhrcxrError("a search trains on one device: set train.devices to 1 to tune")
-    paths = DataPaths(Path(args.extract), Path(args.features), Path(args.images))
+    paths = data_paths(args)
     spec = run_spec(params, args.model, args.task, args.cohort, paths)
     defaults = spec.model_params
     space = params_mod.search_space(params, args.model)
